@@ -1,0 +1,64 @@
+"""The `mt-tune` command line: parse arguments, call one function, print.
+
+Exit status: 0 success; 2 bad input or usage (a one-line message, no traceback); 1 runtime
+failure. Commands that take a CONFIG or SPEC also take `key.path=value` overrides after it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+
+from mt_tune.errors import UserError
+
+app = typer.Typer(
+    help="Hyperparameter search for Transformer machine translation, built on Optuna.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Check and prepare corpora: report, vocabulary, token shards.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console(stderr=True)
+out = Console()
+
+OVERRIDES = typer.Argument(None, help="overrides: key.path=value (YAML scalars), validated like the file")
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+# --- training -----------------------------------------------------------------------------
+
+
+# --- entry point --------------------------------------------------------------------------
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Run the app and map errors onto exit statuses: UserError -> 2, other failures -> 1."""
+    try:
+        rv = app(args=argv, prog_name="mt-tune", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:  # usage errors: click's own message, exit 2
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        sys.exit(1)
+    except UserError as e:
+        console.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
