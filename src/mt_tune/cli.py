@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 
@@ -40,24 +39,12 @@ OVERRIDES = typer.Argument(None, help="overrides: key.path=value (YAML scalars),
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Run the app and map errors onto exit statuses: UserError -> 2, other failures -> 1."""
+    """Run the app; typer maps usage errors to exit 2. UserError -> message, exit 2."""
     try:
-        rv = app(args=argv, prog_name="mt-tune", standalone_mode=False)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:  # usage errors: click's own message, exit 2
-        e.show()
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        console.print("aborted")
-        sys.exit(1)
+        app(args=argv, prog_name="mt-tune")
     except UserError as e:
         console.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
-    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":
