@@ -1,0 +1,1 @@
+"""Optuna studies: specs, the trial objective, storages, workers, promotion, export, reports."""
