@@ -1,0 +1,559 @@
+"""Study specs: the YAML that says what to search, how to rank trials and when to stop them.
+
+A spec is validated completely before anything is written to a storage; every failure is a
+ConfigError that names the key. The validated spec is stored as JSON in the study's user
+attrs ("spec"), so a worker anywhere needs only the study name and the storage URL.
+
+    name: demo
+    data: {format: sample, scale: 1k}
+    model: {d_model: 128}
+    train: {max_steps: 1200}
+    search:
+      train.lr: {type: float, low: 1.0e-4, high: 2.0e-3, log: true}
+      model.n_heads: {type: categorical, choices: [4, 8], when: {model.d_model: 256}}
+    metric: bleu
+    sampler: {type: tpe, seed: 1}
+    pruner: {type: median}
+    stopping: {patience: 3}
+    budget: {trials: 12, max_steps: 1200, max_minutes: 3}
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mt_tune.config import (
+    SECTIONS,
+    RunConfig,
+    _coerce,
+    apply_overrides,
+    build_run_config,
+    build_section,
+    did_you_mean,
+    opt,
+    parse_scale,
+    read_yaml,
+)
+from mt_tune.errors import ConfigError
+
+# metric -> the direction that makes it better
+METRICS = {"val_loss": "minimize", "val_loss_per_char": "minimize", "bleu": "maximize", "chrf": "maximize"}
+TRANSLATION_METRICS = ("bleu", "chrf")
+
+# Data settings that change the tokenization: a loss per subword is not comparable across them.
+TOKENIZATION_FIELDS = ("vocab_size", "vocab_type", "joint_vocab", "character_coverage", "vocab_sample", "nfkc")
+
+# Fields the study itself sets, or that cannot be a single sampled value.
+NOT_SEARCHABLE = {
+    "data.train": "corpus files are fixed for a study",
+    "data.valid": "the validation set is fixed for a study",
+    "data.format": "corpus files are fixed for a study",
+    "data.scale": "the scale is a property of the study (promotion changes it)",
+    "data.cache_dir": "it changes where data is cached, not the model",
+    "train.device": "the worker picks the device",
+    "train.keep_best_by": "it is set from the spec's metric",
+    "train.max_steps": "set it in budget.max_steps",
+    "train.max_minutes": "set it in budget.max_minutes",
+}
+
+TOP_KEYS = ["name", "data", "model", "train", "search", "metric", "direction", "sampler", "pruner",
+            "stopping", "budget", "storage"]
+
+
+# --- the small sections: built and checked by config.build_section ------------------------
+
+
+@dataclass
+class SamplerSpec:
+    type: str = opt("tpe", "how trials pick their parameters", choices=["tpe", "random", "gp", "cmaes"])
+    seed: int | None = opt(1, "sampler seed (null: not reproducible)")
+    n_startup_trials: int | None = opt(None, "random trials before the model-based sampler takes over "
+                                             "(null: a third of budget.trials, at least 2, at most 10)")
+
+    def validate(self, where: str) -> None:
+        if self.n_startup_trials is not None and self.n_startup_trials < 0:
+            raise ConfigError(f"{where}.n_startup_trials: must be >= 0, got {self.n_startup_trials}")
+
+
+@dataclass
+class PrunerSpec:
+    type: str = opt("median", "ranking pruner: stops trials worse than their peers at the same step",
+                    choices=["median", "successive_halving", "hyperband", "none"])
+    n_startup_trials: int = opt(3, "median: trials that run to their end before any is pruned")
+    n_warmup_evals: int = opt(2, "median: evaluations of a trial before it can be pruned")
+    min_resource_evals: int = opt(1, "successive_halving / hyperband: evaluations in the first rung")
+    reduction_factor: int = opt(3, "successive_halving / hyperband: 1/N of the trials go on at each rung")
+
+    def validate(self, where: str) -> None:
+        for name in ("n_startup_trials", "n_warmup_evals"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{where}.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.min_resource_evals < 1:
+            raise ConfigError(f"{where}.min_resource_evals: must be >= 1, got {self.min_resource_evals}")
+        if self.reduction_factor < 2:
+            raise ConfigError(f"{where}.reduction_factor: must be >= 2, got {self.reduction_factor}")
+
+
+@dataclass
+class StoppingSpec:
+    patience: int = opt(3, "evaluations without improvement before a trial stops as diverged")
+    min_delta: float = opt(0.0, "an improvement must exceed this (loss in nats, BLEU/chrF in points)")
+    divergence_on: str = opt("both", "stop when neither loss nor translation metric improves (both), "
+                                     "only the loss stalls (loss), only the metric stalls (metric), or never (none)",
+                             choices=["both", "loss", "metric", "none"])
+    on_divergence: str = opt("complete", "a diverged trial completes with its best value, or is marked pruned",
+                             choices=["complete", "prune"])
+
+    def validate(self, where: str) -> None:
+        if self.patience < 1:
+            raise ConfigError(f"{where}.patience: must be >= 1, got {self.patience}")
+        if self.min_delta < 0:
+            raise ConfigError(f"{where}.min_delta: must be >= 0, got {self.min_delta}")
+
+
+@dataclass
+class BudgetSpec:
+    trials: int = opt(12, "total trials of the study, across all workers")
+    max_steps: int = opt(0, "updates per trial (0: train.max_steps)")
+    max_minutes: float = opt(0.0, "wall time per trial (0: train.max_minutes)")
+
+    def validate(self, where: str) -> None:
+        if self.trials < 1:
+            raise ConfigError(f"{where}.trials: must be >= 1, got {self.trials}")
+        if self.max_steps < 0:
+            raise ConfigError(f"{where}.max_steps: must be >= 0, got {self.max_steps}")
+        if self.max_minutes < 0:
+            raise ConfigError(f"{where}.max_minutes: must be >= 0, got {self.max_minutes}")
+
+
+# --- one dimension of the search space ----------------------------------------------------
+
+
+@dataclass
+class Dimension:
+    """One searched field: `path` is "section.field", sampled under that name in Optuna."""
+
+    path: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list = field(default_factory=list)
+    when: dict[str, list] = field(default_factory=dict)  # path -> values for which it is sampled
+
+    def suggest(self, trial: Any) -> Any:
+        if self.type == "float":
+            return trial.suggest_float(self.path, self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return trial.suggest_int(self.path, int(self.low), int(self.high), log=self.log,
+                                     step=int(self.step or 1))
+        return trial.suggest_categorical(self.path, self.choices)
+
+    def values(self, limit: int = 10_000) -> list:
+        """Every value it can take (ranges: the bounds only when there are too many)."""
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.type == "int":
+            step = int(self.step or 1)
+            n = (int(self.high) - int(self.low)) // step + 1
+            if n <= limit:
+                return list(range(int(self.low), int(self.high) + 1, step))
+        return [self.low, self.high]
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"type": self.type}
+        if self.type == "categorical":
+            d["choices"] = list(self.choices)
+        else:
+            d.update(low=self.low, high=self.high, log=self.log)
+            if self.step is not None:
+                d["step"] = self.step
+        if self.when:
+            d["when"] = {k: list(v) for k, v in self.when.items()}
+        return d
+
+
+_DIM_KEYS = ["type", "low", "high", "log", "step", "choices", "when"]
+
+
+def _field_info(path: str, where: str) -> tuple[str, dataclasses.Field, Any]:
+    """(section, field, type annotation) for "section.field", or a ConfigError naming `where`."""
+    section, _, name = path.partition(".")
+    if section not in SECTIONS:
+        raise ConfigError(f"{where}: '{path}' names no config field; use section.field with a section "
+                          f"of {', '.join(SECTIONS)}{did_you_mean(section, list(SECTIONS))}")
+    cls = SECTIONS[section]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if name not in fields:
+        raise ConfigError(f"{where}: '{path}' names no config field{did_you_mean(name, list(fields))}. "
+                          f"Fields of {section}: {', '.join(fields)}")
+    return section, fields[name], typing.get_type_hints(cls)[name]
+
+
+def _number(value: Any, where: str) -> float:
+    return _coerce(value, float, where, None)
+
+
+def _parse_dimension(path: Any, raw: Any, earlier: list[str], later: list[str]) -> Dimension:
+    where = f"search.{path}"
+    if not isinstance(path, str):
+        raise ConfigError(f"search: keys are field paths like train.lr, got {path!r}")
+    _section, fld, tp = _field_info(path, where)
+    if path in NOT_SEARCHABLE:
+        raise ConfigError(f"{where}: cannot be searched: {NOT_SEARCHABLE[path]}")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping like {{type: float, low: 1.0e-4, high: 1.0e-3}}, got {raw!r}")
+    for key in raw:
+        if key not in _DIM_KEYS:
+            raise ConfigError(f"{where}.{key}: unknown key{did_you_mean(str(key), _DIM_KEYS)}. "
+                              f"Valid keys: {', '.join(_DIM_KEYS)}")
+    kind = raw.get("type")
+    if kind not in ("float", "int", "categorical"):
+        raise ConfigError(f"{where}.type: {kind!r} is not one of float, int, categorical"
+                          + (did_you_mean(str(kind), ["float", "int", "categorical"]) if kind else ""))
+    dim = Dimension(path=path, type=kind)
+    if kind == "categorical":
+        for key in ("low", "high", "log", "step"):
+            if key in raw:
+                raise ConfigError(f"{where}.{key}: a categorical dimension takes only choices")
+        choices = raw.get("choices")
+        if not isinstance(choices, list):
+            raise ConfigError(f"{where}.choices: expected a list of values, got {choices!r}")
+        if not choices:
+            raise ConfigError(f"{where}.choices: empty; give at least one value")
+        for i, c in enumerate(choices):
+            if c is not None and not isinstance(c, (bool, int, float, str)):
+                raise ConfigError(f"{where}.choices[{i}]: expected a single value, got {c!r}")
+        dim.choices = [_coerce(c, tp, f"{where}.choices[{i}]", fld.metadata.get("choices"))
+                       for i, c in enumerate(choices)]
+        if len(set(map(repr, dim.choices))) != len(dim.choices):
+            raise ConfigError(f"{where}.choices: {choices} has duplicates")
+    else:
+        if "choices" in raw:
+            raise ConfigError(f"{where}.choices: only categorical dimensions take choices (type is {kind})")
+        for key in ("low", "high"):
+            if key not in raw:
+                raise ConfigError(f"{where}.{key}: missing; a {kind} dimension needs low and high")
+        dim.low, dim.high = _number(raw["low"], f"{where}.low"), _number(raw["high"], f"{where}.high")
+        dim.log = _coerce(raw.get("log", False), bool, f"{where}.log", None)
+        if raw.get("step") is not None:
+            dim.step = _number(raw["step"], f"{where}.step")
+            if dim.step <= 0:
+                raise ConfigError(f"{where}.step: must be > 0, got {raw['step']!r}")
+            if dim.log:
+                raise ConfigError(f"{where}.step: cannot be combined with log: true")
+        if dim.low >= dim.high:
+            raise ConfigError(f"{where}: low ({raw['low']}) must be below high ({raw['high']})")
+        if dim.log and dim.low <= 0:
+            raise ConfigError(f"{where}.low: log: true needs low > 0, got {raw['low']}")
+        if kind == "int":
+            for key in ("low", "high", "step"):
+                value = getattr(dim, key)
+                if value is not None and not float(value).is_integer():
+                    raise ConfigError(f"{where}.{key}: an int dimension needs integers, got {raw[key]!r}")
+            dim.low, dim.high = int(dim.low), int(dim.high)
+            dim.step = int(dim.step) if dim.step is not None else None
+        allowed = (int, float) if kind == "int" else (float,)
+        if tp not in allowed:
+            hint = "int or categorical" if tp is int else "categorical"
+            raise ConfigError(f"{where}.type: {path} takes {getattr(tp, '__name__', tp)} values; use type: {hint}")
+    dim.when = _parse_condition(raw.get("when"), where, path, earlier, later)
+    return dim
+
+
+def _parse_condition(raw: Any, where: str, path: str, earlier: list[str], later: list[str]) -> dict[str, list]:
+    """`when: {other.field: value or [values]}`: `other` is fixed, or searched above this one,
+    so that sampling in spec order always knows its value."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{where}.when: expected a mapping like {{model.d_model: 256}}, got {raw!r}")
+    out = {}
+    for other, values in raw.items():
+        w = f"{where}.when.{other}"
+        _section, fld, tp = _field_info(str(other), w)
+        if other == path:
+            raise ConfigError(f"{w}: a dimension cannot depend on itself")
+        if other in later:
+            raise ConfigError(f"{w}: {other} is searched below {path}; list it above to use it in a condition")
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise ConfigError(f"{w}: empty list of values")
+        out[str(other)] = [_coerce(v, tp, f"{w}", fld.metadata.get("choices")) for v in values]
+    return out
+
+
+# --- the spec -----------------------------------------------------------------------------
+
+
+@dataclass
+class StudySpec:
+    name: str
+    data: dict
+    model: dict
+    train: dict
+    search: list[Dimension]
+    metric: str
+    direction: str
+    sampler: SamplerSpec
+    pruner: PrunerSpec
+    stopping: StoppingSpec
+    budget: BudgetSpec
+    storage: str | None = None  # never stored in the study (it may hold a password)
+
+    @property
+    def scale(self) -> int | None:
+        return parse_scale(self.data.get("scale", "full"))
+
+    @property
+    def has_conditions(self) -> bool:
+        return any(d.when for d in self.search)
+
+    @property
+    def translation_metric(self) -> str | None:
+        """The translation metric every evaluation computes: the study's metric, else BLEU."""
+        if self.fixed("train.bleu_sentences") == 0:
+            return None
+        return self.metric if self.metric in TRANSLATION_METRICS else "bleu"
+
+    def fixed(self, path: str) -> Any:
+        """The value a field has when it is not sampled: from the spec, else the default."""
+        section, _, name = path.partition(".")
+        raw = getattr(self, section)
+        if name in raw:
+            return raw[name]
+        return getattr(SECTIONS[section](), name)
+
+    def suggest(self, trial: Any) -> dict:
+        """Sample this trial's parameters; a conditional dimension only where its condition holds."""
+        params: dict[str, Any] = {}
+        for dim in self.search:
+            if all(params.get(p, self.fixed(p)) in vals for p, vals in dim.when.items()):
+                params[dim.path] = dim.suggest(trial)
+        return params
+
+    def run_config(self, params: dict | None = None) -> RunConfig:
+        """Fixed values + sampled params + budget limits -> a validated RunConfig."""
+        raw = {"data": copy.deepcopy(self.data), "model": copy.deepcopy(self.model),
+               "train": copy.deepcopy(self.train)}
+        for path, value in (params or {}).items():
+            section, _, name = path.partition(".")
+            if section not in raw:
+                raise ConfigError(f"parameter {path}: names no config field")
+            raw[section][name] = value
+        if self.budget.max_steps:
+            raw["train"]["max_steps"] = self.budget.max_steps
+        if self.budget.max_minutes:
+            raw["train"]["max_minutes"] = self.budget.max_minutes
+        raw["train"]["keep_best_by"] = self.metric
+        return build_run_config(raw)
+
+    def to_dict(self) -> dict:
+        """JSON-safe; what the study stores. The storage URL is left out (it may hold a password)."""
+        return {
+            "name": self.name,
+            "data": copy.deepcopy(self.data),
+            "model": copy.deepcopy(self.model),
+            "train": copy.deepcopy(self.train),
+            "search": {d.path: d.to_dict() for d in self.search},
+            "metric": self.metric,
+            "direction": self.direction,
+            "sampler": dataclasses.asdict(self.sampler),
+            "pruner": dataclasses.asdict(self.pruner),
+            "stopping": dataclasses.asdict(self.stopping),
+            "budget": dataclasses.asdict(self.budget),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, check_files: bool = False) -> StudySpec:
+        return build_spec(copy.deepcopy(d), check_files=check_files)
+
+
+def build_spec(raw: Any, check_files: bool = True) -> StudySpec:
+    """Validate a spec mapping completely; a ConfigError names the first bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError("expected a mapping with name, data, model, train, search, metric, ...")
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise ConfigError(f"{key}: unknown key{did_you_mean(str(key), TOP_KEYS)}. Valid keys: {', '.join(TOP_KEYS)}")
+    name = raw.get("name", "")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"name: expected a non-empty study name, got {name!r}")
+    sections = {}
+    for section in SECTIONS:
+        value = raw.get(section) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{section}: expected a mapping of settings, got {value!r}")
+        sections[section] = value
+
+    search_raw = raw.get("search") or {}
+    if not isinstance(search_raw, dict):
+        raise ConfigError(f"search: expected a mapping of field path -> distribution, got {search_raw!r}")
+    paths = [str(p) for p in search_raw]
+    search: list[Dimension] = []
+    for i, (path, dim_raw) in enumerate(search_raw.items()):
+        search.append(_parse_dimension(path, dim_raw, paths[:i], paths[i + 1:]))
+
+    metric = raw.get("metric", "bleu")
+    if metric not in METRICS:
+        raise ConfigError(f"metric: {metric!r} is not one of {', '.join(METRICS)}{did_you_mean(str(metric), list(METRICS))}")
+    direction = raw.get("direction", METRICS[metric])
+    if direction not in ("minimize", "maximize"):
+        raise ConfigError(f"direction: {direction!r} is not one of minimize, maximize")
+    if direction != METRICS[metric]:
+        raise ConfigError(f"direction: {metric} is better when it is {'lower' if METRICS[metric] == 'minimize' else 'higher'}; "
+                          f"direction must be {METRICS[metric]} (or left out), got {direction}")
+    storage = raw.get("storage")
+    if storage is not None and (not isinstance(storage, str) or not storage.strip()):
+        raise ConfigError(f"storage: expected a storage URL or null, got {storage!r}")
+
+    spec = StudySpec(
+        name=name.strip(), data=sections["data"], model=sections["model"], train=sections["train"],
+        search=search, metric=metric, direction=direction,
+        sampler=build_section(SamplerSpec, raw.get("sampler"), "sampler"),
+        pruner=build_section(PrunerSpec, raw.get("pruner"), "pruner"),
+        stopping=build_section(StoppingSpec, raw.get("stopping"), "stopping"),
+        budget=build_section(BudgetSpec, raw.get("budget"), "budget"),
+        storage=storage,
+    )
+    _check_spec(spec, check_files)
+    return spec
+
+
+def _check_spec(spec: StudySpec, check_files: bool) -> None:
+    # Checked first: run_config() sets train.keep_best_by to the metric, whose own check is vaguer.
+    if spec.metric in TRANSLATION_METRICS and 0 in _possible_values(spec, "train.bleu_sentences"):
+        raise ConfigError(f"metric: {spec.metric} is computed on train.bleu_sentences validation sentences at "
+                          f"each evaluation; set train.bleu_sentences > 0")
+    # The fixed values alone must make a valid run (this also checks every key and type).
+    spec.run_config({})
+    for dim in spec.search:
+        _check_values(spec, dim)
+    _check_heads_divide_width(spec)
+
+    if spec.stopping.divergence_on == "metric" and spec.translation_metric is None:
+        raise ConfigError("stopping.divergence_on: metric needs a translation metric; set train.bleu_sentences > 0")
+    if spec.metric == "val_loss":
+        for dim in spec.search:
+            section, _, name = dim.path.partition(".")
+            if section == "data" and name in TOKENIZATION_FIELDS:
+                raise ConfigError(f"search.{dim.path}: changes the tokenization, so val_loss (per subword) is not "
+                                  f"comparable across trials; use metric: val_loss_per_char, bleu or chrf")
+    if spec.pruner.type != "none" and any(d.path == "train.eval_every" for d in spec.search):
+        raise ConfigError("search.train.eval_every: a pruner compares trials at the same steps; "
+                          "keep eval_every fixed or set pruner.type: none")
+    if check_files:
+        for key in ("train", "valid"):
+            files = spec.data.get(key) or []
+            for i, f in enumerate([files] if isinstance(files, str) else files):
+                if not Path(f).is_file():
+                    raise ConfigError(f"data.{key}[{i}]: {f}: no such file")
+
+
+def _possible_values(spec: StudySpec, path: str) -> list:
+    """Values a field can take in some trial: the sampled ones, plus the fixed one unless always sampled."""
+    for dim in spec.search:
+        if dim.path == path:
+            return dim.values() + ([spec.fixed(path)] if dim.when else [])
+    return [spec.fixed(path)]
+
+
+def _check_values(spec: StudySpec, dim: Dimension) -> None:
+    """Each value a dimension can take must be valid for its field on its own."""
+    section, _, name = dim.path.partition(".")
+    base = copy.deepcopy(getattr(spec, section))
+    for value in dim.values(limit=64):
+        raw = dict(base, **{name: value})
+        if section == "model":
+            # Heads dividing the width is checked over all combinations below; here each value
+            # is checked on its own, paired with a width/heads that always fits.
+            if name == "n_heads":
+                raw["d_model"] = int(value) * 8 if isinstance(value, int) and value > 0 else raw.get("d_model", 256)
+            elif name == "d_model":
+                raw["n_heads"] = 1
+        try:
+            build_section(SECTIONS[section], raw, section)
+        except ConfigError as e:
+            raise ConfigError(f"search.{dim.path}: value {value!r} is not valid: {e}") from None
+
+
+def _check_heads_divide_width(spec: StudySpec) -> None:
+    dims = {d.path: d for d in spec.search}
+    width, heads = dims.get("model.d_model"), dims.get("model.n_heads")
+    if width is None and heads is None:
+        return  # the fixed model section was validated already
+    for d in _possible_values(spec, "model.d_model"):
+        for h in _possible_heads(spec, heads, d):
+            if isinstance(d, (int, float)) and isinstance(h, (int, float)) and h > 0 and d % h:
+                raise ConfigError(f"search: model.n_heads {h} does not divide model.d_model {d}, a combination the "
+                                  f"search can sample; change the choices or add a condition (when:)")
+
+
+def _possible_heads(spec: StudySpec, heads: Dimension | None, d_model: Any) -> list:
+    fixed = [spec.fixed("model.n_heads")]
+    if heads is None:
+        return fixed
+    if not heads.when:
+        return heads.values()
+    if "model.d_model" in heads.when and d_model not in heads.when["model.d_model"]:
+        return fixed
+    if set(heads.when) == {"model.d_model"}:
+        return heads.values()
+    return heads.values() + fixed  # other conditions may or may not hold
+
+
+def _split_overrides(raw: dict, overrides: list[str]) -> list[str]:
+    """Apply `search.<section>.<field>[.<key>]=value` overrides (the path itself has a dot);
+    return the others for config.apply_overrides."""
+    rest = []
+    for item in overrides:
+        key, eq, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not eq or parts[0] != "search" or len(parts) < 3:
+            rest.append(item)
+            continue
+        path, sub = ".".join(parts[1:3]), parts[3:]
+        value = apply_overrides({}, [f"v={text}"])["v"]
+        search = raw.setdefault("search", {})
+        if not isinstance(search, dict):
+            raise ConfigError(f"override {item!r}: search is not a mapping")
+        if not sub:
+            if value is None:
+                search.pop(path, None)  # search.train.lr=null removes a dimension
+            else:
+                search[path] = value
+            continue
+        node = search.setdefault(path, {})
+        if sub[0] == "when" and len(sub) > 1:
+            node.setdefault("when", {})[".".join(sub[1:])] = value
+        elif len(sub) == 1:
+            node[sub[0]] = value
+        else:
+            raise ConfigError(f"override {item!r}: expected search.section.field.key=value")
+    return rest
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec:
+    """Read a spec YAML, apply overrides, validate everything; ConfigError names file and key."""
+    raw = read_yaml(path)
+    try:
+        rest = _split_overrides(raw, overrides or [])
+        apply_overrides(raw, rest)
+        return build_spec(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def spec_from_study(study: Any) -> StudySpec:
+    """The spec a study was created with (stored in its user attrs)."""
+    stored = study.user_attrs.get("spec")
+    if not isinstance(stored, dict):
+        raise ConfigError(f"study {study.study_name}: has no mt-tune spec (was it made with `mt-tune study create`?)")
+    return StudySpec.from_dict(stored)
+
