@@ -39,12 +39,18 @@ OVERRIDES = typer.Argument(None, help="overrides: key.path=value (YAML scalars),
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Run the app; typer maps usage errors to exit 2. UserError -> message, exit 2."""
+    """Run the app; typer maps usage errors to exit 2. UserError -> message, exit 2;
+    StorageUnavailable (a storage server that stayed unreachable) -> message, exit 1."""
+    from mt_tune.search.storage import StorageUnavailable
+
     try:
         app(args=argv, prog_name="mt-tune")
     except UserError as e:
         console.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
+    except StorageUnavailable as e:
+        console.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
