@@ -1,0 +1,108 @@
+"""A worker: run a study's trials in this process until its total budget is spent.
+
+The budget (spec.budget.trials) is the total over every worker sharing the storage. It counts
+trials that finished or are running, like Optuna's MaxTrialsCallback, except FAIL trials that
+were re-queued (their retry is counted instead) and trials that found the budget spent when
+they started. That last check makes the total exact: two workers that both see one trial left
+both ask for one, and the later of the two (by trial number) ends at once, FAIL with
+stop_reason=over_budget, without training.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from mt_tune.errors import UserError
+from mt_tune.search.objective import Objective
+from mt_tune.search.pruners import build_pruner
+from mt_tune.search.samplers import build_sampler
+from mt_tune.search.spec import spec_from_study
+from mt_tune.search.storage import mask_url, open_storage, resolve_url
+from mt_tune.search.study import load_study
+
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+
+
+class BudgetSpent(Exception):
+    """Raised by a trial that started after the study's budget was used up."""
+
+
+def counts_toward_budget(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return [t for t in trials if t.state in COUNTED
+            and not (t.state == TrialState.FAIL and (t.number in retried
+                                                     or t.user_attrs.get("stop_reason") == "over_budget"))]
+
+
+def budget_used(study: optuna.Study) -> int:
+    return len(counts_toward_budget(study.get_trials(deepcopy=False)))
+
+
+def run_worker(study_name: str, storage_url: str | None = None, n_trials: int | None = None,
+               device: str = "auto", artifacts: str = "mt-tune-artifacts", log: Callable = print) -> dict:
+    """Run trials of `study_name` until the study's budget or `n_trials` (of this worker) is
+    reached; one log line per finished trial. Returns a summary."""
+    if n_trials is not None and n_trials < 1:
+        raise UserError(f"--n-trials: must be >= 1, got {n_trials}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise UserError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    url = resolve_url(storage_url)
+    spec = spec_from_study(load_study(study_name, url))
+    storage = open_storage(url, create_schema=False)
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=build_sampler(spec),
+                              pruner=build_pruner(spec))
+    budget = spec.budget.trials
+
+    def check_budget(trial: optuna.Trial) -> None:
+        earlier = [t for t in counts_toward_budget(study.get_trials(deepcopy=False)) if t.number < trial.number]
+        if len(earlier) >= budget:
+            trial.set_user_attr("stop_reason", "over_budget")
+            raise BudgetSpent(f"study {study_name!r}: its {budget} trials are taken")
+
+    objective = Objective(spec, study_name, storage, artifacts=artifacts, device=device, budget_check=check_budget)
+    if not any(d.path.startswith("data.") for d in spec.search):
+        # Prepare the data before the first trial: a corpus that is missing on this machine is
+        # then an error of the worker, not a failed trial in the study.
+        objective.data_for(spec.run_config())
+
+    def log_trial(_study: optuna.Study, t: FrozenTrial) -> None:
+        a = t.user_attrs
+        value = f"{spec.metric} {t.value:.4g}" if t.value is not None else "no value"
+        log(f"trial {t.number:>3} {t.state.name.lower():<8} {value} | {a.get('stop_reason', '-')} | "
+            f"{a.get('steps', 0)} steps | {a.get('wall_s', 0):.1f} s")
+
+    log(f"worker for study {study_name!r} in {mask_url(url)}: budget {budget} trials, "
+        f"{budget_used(study)} taken; checkpoints under {artifacts}/{study_name}/")
+    ran, start = 0, time.perf_counter()
+    while (n_trials is None or ran < n_trials) and budget_used(study) < budget:
+        try:
+            study.optimize(objective, n_trials=1, callbacks=[log_trial])
+        except BudgetSpent:
+            break
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the trial is recorded as FAIL; the worker goes on
+            log(f"trial failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        ran += 1
+
+    states = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    for t in study.get_trials(deepcopy=False, states=tuple(TrialState[s] for s in states)):
+        states[t.state.name] += 1
+    best = _best(study)
+    summary = {"study": study_name, "storage": mask_url(url), "trials_run": ran, "states": states,
+               "best_trial": best.number if best else None, "best_value": best.value if best else None,
+               "wall_s": round(time.perf_counter() - start, 1)}
+    log(f"worker done: {ran} trials in {summary['wall_s']:.0f} s; study: "
+        f"{', '.join(f'{k.lower()} {v}' for k, v in states.items())}; "
+        + (f"best trial {best.number} ({spec.metric} {best.value:.4g})" if best else "no completed trial yet"))
+    return summary
+
+
+def _best(study: optuna.Study) -> FrozenTrial | None:
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return study.best_trial if done else None
