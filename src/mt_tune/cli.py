@@ -33,7 +33,130 @@ OVERRIDES = typer.Argument(None, help="overrides: key.path=value (YAML scalars),
 # --- data ---------------------------------------------------------------------------------
 
 
+@data_app.command("check")
+def data_check(
+    paths: Optional[list[str]] = typer.Argument(None, help="a corpus file, or the two files of a Moses pair "
+                                                "(none with --format sample)"),
+    format: str = typer.Option("auto", "--format", "-f", help="auto, jsonl, tsv, moses or sample"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as one JSON object"),
+) -> None:
+    """Read a corpus and print its report (pairs kept, skips by reason, lengths); build nothing."""
+    import json
+
+    from mt_tune.data import check_corpus
+    from mt_tune.data.describe import describe_report
+
+    if not paths and format != "sample":
+        raise UserError("give a corpus file (or two for a Moses pair), or --format sample")
+    report = check_corpus(paths or [], format).to_dict()
+    if as_json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        out.print(describe_report(report), markup=False, highlight=False, soft_wrap=True)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    spec: str = typer.Argument(..., help="a training config or study spec; its `data:` section is used"),
+    overrides: Optional[list[str]] = OVERRIDES,
+) -> None:
+    """Validate the corpus, print its report, build (or reuse) the vocabulary and token shards."""
+    from mt_tune.data import prepare
+    from mt_tune.data.describe import describe_report, describe_stats
+    from mt_tune.data.prepare import load_data_config
+
+    data = prepare(load_data_config(spec, overrides or []), progress=True)
+    out.print(describe_report(data.report.to_dict()), markup=False, highlight=False, soft_wrap=True)
+    out.print(describe_stats(data.stats), markup=False, highlight=False, soft_wrap=True)
+    out.print("cache hit: nothing rebuilt" if data.cache_hit else
+              f"built in {data.stats['total_s']:.1f} s", markup=False, highlight=False, soft_wrap=True)
+
+
 # --- training -----------------------------------------------------------------------------
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="training config YAML (data, model and train sections)"),
+    overrides: Optional[list[str]] = OVERRIDES,
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="checkpoint directory [default: runs/<config stem>]"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last.pt"),
+    devices: Optional[str] = typer.Option(None, "--devices", help="cpu, cpu:N, 0,1,… or all; several devices "
+                                          "run one DDP process each through torchrun"),
+) -> None:
+    """Train a model; OUT/last.pt is written at every evaluation, OUT/best.pt when keep_best_by improves."""
+    import os
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mt_tune import distributed
+    from mt_tune.config import load_run_config
+    from mt_tune.train import Trainer, TrainingError
+
+    overrides = list(overrides or [])
+    out_dir = out_dir or Path("runs") / config.stem
+    in_worker = "WORLD_SIZE" in os.environ  # started by torchrun: the parent checked everything
+    if devices:
+        spec = distributed.parse_devices(devices)
+        overrides.append("train.device=cpu" if spec.kind == "cpu" else
+                         f"train.device=cuda{'' if spec.n_procs > 1 else ':' + spec.gpu_ids[0]}")
+    cfg = load_run_config(config, overrides)
+    if not resume and not in_worker and (out_dir / "last.pt").exists():
+        raise UserError(f"{out_dir} already holds a run (last.pt): pass --resume to continue it, "
+                        f"or choose another --out")
+    if devices and spec.n_procs > 1:
+        args = ["train", str(config), *overrides, "--out", str(out_dir)] + (["--resume"] if resume else [])
+        raise typer.Exit(distributed.launch(spec, args))
+
+    is_main = os.environ.get("RANK", "0") == "0"
+    columns = [TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, disable=not is_main) as progress:
+        task = progress.add_task("train", total=cfg.train.max_steps, info="")
+
+        def on_step(step: int, info: dict) -> None:
+            shown = [f"{name} {info[key]:{fmt}}" for name, key, fmt in
+                     (("loss", "loss", ".3f"), ("val", "val_loss", ".3f"), ("lr", "lr", ".1e"), ("tok/s", "tok_s", ",.0f"))
+                     if info.get(key) is not None]
+            progress.update(task, completed=step, info=" | ".join(shown))
+
+        def log(message: str) -> None:
+            progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+        try:
+            trainer = Trainer(cfg, out_dir, resume=resume, log=log, on_step=on_step)
+            progress.update(task, completed=trainer.step)
+            result = trainer.fit()
+        except TrainingError as e:
+            console.print(f"error: training stopped ({e.stop_reason}) at step {e.step}: {e}",
+                          style="red", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+    if is_main:
+        out.print(_run_summary(result))
+
+
+def _run_summary(result):
+    """The final summary of a RunResult as a rich table."""
+    from rich.table import Table
+
+    table = Table(title="training run", show_header=False)
+    best = result.best
+
+    def best_of(metric: str, fmt: str) -> str:
+        return f"{best[metric][0]:{fmt}} (step {best[metric][1]})" if metric in best else "-"
+
+    rows = [("steps", f"{result.steps}"), ("stop reason", result.stop_reason),
+            ("best val loss", best_of("val_loss", ".4f")), ("best val loss / char", best_of("val_loss_per_char", ".4f")),
+            ("best BLEU", best_of("bleu", ".2f")), ("best chrF", best_of("chrf", ".2f")),
+            ("BLEU signature", result.bleu_signature or "-"),
+            ("target tokens/s", f"{result.tokens_per_s:,.0f}"), ("updates/s", f"{result.updates_per_s:.2f}"),
+            ("target tokens/update", f"{result.tokens_per_update:,.0f}"),
+            ("peak memory", f"{result.peak_memory_bytes / 2**20:,.0f} MiB"), ("parameters", f"{result.n_params:,}"),
+            ("MFU", f"{result.mfu:.1%}" if result.mfu is not None else "-"), ("wall time", f"{result.wall_s:,.1f} s"),
+            ("checkpoints", str(result.out_dir) if result.out_dir else "-")]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
 
 
 # --- search -------------------------------------------------------------------------------
@@ -65,7 +188,7 @@ def study_create(
     out.print(f"study {study.study_name!r} in {mask_url(resolve_url(storage or spec.storage))}: "
               f"{len(spec.search)} searched parameters, metric {spec.metric} ({spec.direction}), "
               f"scale {format_scale(spec.scale)}, budget {spec.budget.trials} trials\n"
-              f"next: mt-tune worker {study.study_name}", markup=False, highlight=False)
+              f"next: mt-tune worker {study.study_name}", markup=False, highlight=False, soft_wrap=True)
 
 
 @study_app.command("list")
@@ -104,7 +227,7 @@ def study_delete(
     if not yes and not typer.confirm(f"delete study {name!r} ({n} trials) from {where}?"):
         raise typer.Exit(1)
     delete_study(name, storage)
-    out.print(f"deleted study {name!r} ({n} trials) from {where}", markup=False, highlight=False)
+    out.print(f"deleted study {name!r} ({n} trials) from {where}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -115,18 +238,41 @@ def worker(
     storage: Optional[str] = STORAGE,
     device: str = typer.Option("auto", "--device", help="auto (the spec's train.device), cpu, cuda or cuda:N"),
     artifacts: Path = typer.Option(Path("mt-tune-artifacts"), "--artifacts",
-                                   help="checkpoints go to ARTIFACTS/<study>/<trial>/"),
+                                   help="checkpoints go to ARTIFACTS/<study>/<trial>/ (share it between machines)"),
+    devices: Optional[str] = typer.Option(None, "--devices", help="one worker process per device: cpu, all (every "
+                                          "visible GPU) or GPU indices like 0,1,2,3 [default: one process, --device]"),
+    processes: int = typer.Option(1, "--processes", help="worker processes per device (e.g. --devices cpu --processes 4)"),
 ) -> None:
-    """Run the study's trials on this machine until its total budget (or --n-trials) is reached."""
-    import logging
+    """Run the study's trials on this machine until its total budget (or --n-trials) is reached.
 
-    import optuna
+    Ctrl-C / SIGTERM: running trials are recorded as interrupted and re-queued to resume from their last checkpoint; then the workers exit."""
+    from mt_tune.search.workers import EXIT_INTERRUPTED, launch_workers, run_this_process
 
-    from mt_tune.search.worker import run_worker
+    def log(line: str) -> None:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    optuna.logging.set_verbosity(logging.WARNING)  # one line per trial comes from the worker
-    run_worker(name, storage, n_trials=n_trials, device=device, artifacts=str(artifacts),
-               log=lambda line: out.print(line, markup=False, highlight=False))
+    if devices is None and processes == 1:
+        status, _ = run_this_process(name, storage, n_trials=n_trials, device=device, artifacts=str(artifacts), log=log)
+        raise typer.Exit(status)
+    summary = launch_workers(name, storage, devices=devices or "cpu", processes=processes, n_trials=n_trials,
+                             artifacts=str(artifacts), log=log)
+    raise typer.Exit(EXIT_INTERRUPTED if summary["interrupted"] else 1 if summary["failed_processes"] else 0)
+
+
+# --- results: dashboard, demo -------------------------------------------------------------
+
+
+@app.command()
+def dashboard(
+    storage: Optional[str] = typer.Option(None, "--storage", help="storage URL [default: $MT_TUNE_STORAGE, "
+                                          "else the embedded sqlite:///mt-tune.db]"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
+    port: int = typer.Option(8080, "--port", help="port to listen on"),
+) -> None:
+    """Serve optuna-dashboard on the study storage: trials, curves, notes (Ctrl-C to stop)."""
+    from mt_tune.search.dashboard import serve
+
+    serve(storage, host, port, log=lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True))
 
 
 # --- entry point --------------------------------------------------------------------------

@@ -1,0 +1,176 @@
+"""Token-id shards on disk: flat numpy memmaps of ids plus an offset index, written atomically.
+
+One split (train or valid) is three files in a shard directory:
+  {split}.src.bin, {split}.tgt.bin   all ids of one side back to back (uint16 when the vocab
+                                     fits in 65,535 ids, else uint32), no bos/eos
+  {split}.idx                        int64 [n + 1, 2]: where pair i starts on each side
+A shard directory is built under a temporary name and renamed into place when complete, so a
+crash mid-write leaves nothing that looks like a finished shard.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mt_tune.data.vocab import UNK_ID
+
+META = "meta.json"
+TMP_PREFIX = ".tmp-"
+
+
+def ids_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
+
+
+@dataclass
+class EncodedSide:
+    """One side of a chunk of pairs: all ids back to back and each sentence's length."""
+
+    ids: np.ndarray
+    lens: np.ndarray
+
+    @classmethod
+    def from_lists(cls, ids: list[list[int]], dtype: np.dtype) -> EncodedSide:
+        lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lens.sum()))
+        return cls(flat, lens)
+
+
+class Shard:
+    """One split's token ids, memory-mapped: len(), src_lens/tgt_lens, pair(i)."""
+
+    def __init__(self, directory: str | Path, split: str):
+        self.directory = Path(directory)
+        self.split = split
+        meta = json.loads((self.directory / META).read_text())
+        self.dtype = np.dtype(meta["dtype"])
+        self._index = _memmap(self.directory / f"{split}.idx", np.dtype(np.int64)).reshape(-1, 2)
+        self._src = _memmap(self.directory / f"{split}.src.bin", self.dtype)
+        self._tgt = _memmap(self.directory / f"{split}.tgt.bin", self.dtype)
+        starts = np.asarray(self._index)
+        self.src_lens = np.diff(starts[:, 0]).astype(np.int32)
+        self.tgt_lens = np.diff(starts[:, 1]).astype(np.int32)
+
+    def __len__(self) -> int:
+        return len(self.src_lens)
+
+    def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        (s0, t0), (s1, t1) = self._index[i], self._index[i + 1]
+        return np.asarray(self._src[s0:s1]), np.asarray(self._tgt[t0:t1])
+
+    def __repr__(self) -> str:
+        return f"Shard({self.directory.name}/{self.split}, {len(self)} pairs)"
+
+
+def _memmap(path: Path, dtype: np.dtype) -> np.ndarray:
+    if path.stat().st_size == 0:  # numpy cannot map an empty file
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+class ShardWriter:
+    """Appends encoded chunks of one split to its files; close() writes the last index row."""
+
+    def __init__(self, directory: Path, split: str, dtype: np.dtype):
+        self.split, self.dtype = split, dtype
+        self._src = open(directory / f"{split}.src.bin", "wb")
+        self._tgt = open(directory / f"{split}.tgt.bin", "wb")
+        self._idx = open(directory / f"{split}.idx", "wb")
+        self.pairs = 0
+        self.tokens = [0, 0]
+        self.unks = [0, 0]
+
+    def add(self, src: EncodedSide, tgt: EncodedSide) -> None:
+        starts = np.empty((len(src.lens), 2), dtype=np.int64)
+        for side, (enc, f) in enumerate(((src, self._src), (tgt, self._tgt))):
+            starts[:, side] = self.tokens[side] + np.cumsum(enc.lens) - enc.lens
+            self.tokens[side] += int(enc.lens.sum())
+            self.unks[side] += int(np.count_nonzero(enc.ids == UNK_ID))
+            enc.ids.astype(self.dtype, copy=False).tofile(f)
+        starts.tofile(self._idx)
+        self.pairs += len(src.lens)
+
+    def close(self) -> dict:
+        np.array([self.tokens], dtype=np.int64).tofile(self._idx)
+        for f in (self._src, self._tgt, self._idx):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        n = max(self.pairs, 1)
+        return {"pairs": self.pairs, "src_tokens": self.tokens[0], "tgt_tokens": self.tokens[1],
+                "src_tokens_per_sentence": round(self.tokens[0] / n, 2),
+                "tgt_tokens_per_sentence": round(self.tokens[1] / n, 2),
+                "src_unk_rate": round(self.unks[0] / max(self.tokens[0], 1), 6),
+                "tgt_unk_rate": round(self.unks[1] / max(self.tokens[1], 1), 6)}
+
+    def abort(self) -> None:
+        for f in (self._src, self._tgt, self._idx):
+            f.close()
+
+
+def shard_files_ok(directory: Path) -> bool:
+    """A finished shard directory: meta present and every file the size meta says."""
+    try:
+        meta = json.loads((directory / META).read_text())
+        return all((directory / name).stat().st_size == size for name, size in meta["files"].items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def file_sizes(directory: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.name != META}
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Build a directory under a temporary name; rename it to `final` only if the block ends
+    normally. If another process finished the same directory first, theirs is kept."""
+    remove_stale_tmp(final.parent)
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}-{secrets.token_hex(3)}"
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_stale_tmp(parent: Path) -> None:
+    """Remove temporary directories left by processes that died while writing them."""
+    if not parent.is_dir():
+        return
+    for p in parent.iterdir():
+        if not p.name.startswith(TMP_PREFIX):
+            continue
+        try:
+            pid = int(p.name.rsplit("-", 2)[-2])
+        except (ValueError, IndexError):
+            continue
+        if not _alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
