@@ -188,7 +188,7 @@ def study_create(
     out.print(f"study {study.study_name!r} in {mask_url(resolve_url(storage or spec.storage))}: "
               f"{len(spec.search)} searched parameters, metric {spec.metric} ({spec.direction}), "
               f"scale {format_scale(spec.scale)}, budget {spec.budget.trials} trials\n"
-              f"next: mt-tune worker {study.study_name}", markup=False, highlight=False, soft_wrap=True)
+              f"next: mt-tune worker {study.study_name}", markup=False, highlight=False)
 
 
 @study_app.command("list")
@@ -227,7 +227,7 @@ def study_delete(
     if not yes and not typer.confirm(f"delete study {name!r} ({n} trials) from {where}?"):
         raise typer.Exit(1)
     delete_study(name, storage)
-    out.print(f"deleted study {name!r} ({n} trials) from {where}", markup=False, highlight=False, soft_wrap=True)
+    out.print(f"deleted study {name!r} ({n} trials) from {where}", markup=False, highlight=False)
 
 
 @app.command()
@@ -272,7 +272,7 @@ def dashboard(
     """Serve optuna-dashboard on the study storage: trials, curves, notes (Ctrl-C to stop)."""
     from mt_tune.search.dashboard import serve
 
-    serve(storage, host, port, log=lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True))
+    serve(storage, host, port, log=lambda line: out.print(line, markup=False, highlight=False))
 
 
 # --- entry point --------------------------------------------------------------------------
