@@ -8,6 +8,8 @@ bound to 127.0.0.1 unless asked otherwise.
 from __future__ import annotations
 
 import errno
+import signal
+import threading
 from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -53,9 +55,20 @@ def serve(storage_url: str | None = None, host: str = "127.0.0.1", port: int = 8
     server = make_dashboard_server(url, host, port)
     log(f"optuna-dashboard on {mask_url(url)}")
     log(f"open {browser_url(host, server.server_port)} in a browser (Ctrl-C to stop)")
+    # Ctrl-C / SIGTERM set a flag instead of raising: a KeyboardInterrupt raised while a
+    # response is being written is caught (and printed) by wsgiref's handler, and the server
+    # would go on serving.
+    stop = threading.Event()
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, lambda *_: stop.set())
+    server.timeout = 0.5  # how often handle_request comes back to look at the flag
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
+        while not stop.is_set():
+            server.handle_request()
         log("dashboard stopped")
     finally:
         server.server_close()
+        for sig, previous in handlers.items():
+            signal.signal(sig, previous)

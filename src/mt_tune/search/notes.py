@@ -69,7 +69,7 @@ def trial_note(trial: optuna.trial.FrozenTrial, spec: StudySpec | None = None) -
         head += f" · {metric} {trial.value:.4g}"
     rows = [
         ("stop reason", a.get("stop_reason", "-")),
-        ("best step", f"{_num(a.get('best_step'))} of {_num(a.get('steps'))} steps"),
+        ("best step", f"{_num(a.get('best_step'))} of {_num(a.get('steps'))} steps" if "steps" in a else "-"),
         ("BLEU / chrF", f"{_num(a.get('bleu'), '.2f')} / {_num(a.get('chrf'), '.2f')}"),
         ("val loss", _num(a.get("val_loss"))),
         ("tokens/s", _num(a.get("tokens_per_s"), ",.0f")),
@@ -77,7 +77,7 @@ def trial_note(trial: optuna.trial.FrozenTrial, spec: StudySpec | None = None) -
         ("peak memory", _count(a.get("peak_memory")) + "B" if a.get("peak_memory") else "-"),
         ("scale", _num(a.get("scale"))),
         ("device", _num(a.get("device"))),
-        ("wall time", f"{_num(a.get('wall_s'), '.0f')} s"),
+        ("wall time", f"{a['wall_s']:.0f} s" if isinstance(a.get("wall_s"), (int, float)) else "-"),
     ]
     origin = a.get("promoted_from")
     if isinstance(origin, dict):
