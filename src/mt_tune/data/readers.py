@@ -88,13 +88,14 @@ class CorpusSource:
             h.update(b"\x00file\x00")
         return h.hexdigest()
 
-    def chunks(self, chunk_bytes: int = CHUNK_BYTES) -> list[Chunk]:
+    def chunks(self, chunk_bytes: int | None = None) -> list[Chunk]:
         if self.format == "sample":
             return [Chunk(0, ())]
         if self.format == "moses":
             src, tgt = self._moses_marks
             return [Chunk(i, ((src[i], src[i + 1]), (tgt[i], tgt[i + 1]))) for i in range(len(src) - 1)]
-        return [Chunk(i, (r,)) for i, r in enumerate(_line_aligned_ranges(self.paths[0], chunk_bytes))]
+        ranges = _line_aligned_ranges(self.paths[0], chunk_bytes or CHUNK_BYTES)
+        return [Chunk(i, (r,)) for i, r in enumerate(ranges)]
 
     def records(self, chunk: Chunk) -> Iterator[RawRecord]:
         if self.format == "sample":
@@ -212,15 +213,16 @@ def _line_aligned_ranges(path: Path, chunk_bytes: int) -> list[tuple[int, int]]:
     return ranges or [(0, 0)]
 
 
-def _count_moses(source: CorpusSource) -> None:
+def _count_moses(source: CorpusSource, chunk_lines: int | None = None) -> None:
     """Count both sides' lines (an error if they differ) and note aligned chunk offsets."""
+    chunk_lines = chunk_lines or CHUNK_LINES
     counts, offsets = [], []
     for path in source.paths:
         n, marks = 0, [0]
         with open(path, "rb") as f:
             for line in f:
                 n += 1
-                if n % CHUNK_LINES == 0:
+                if n % chunk_lines == 0:
                     marks.append(f.tell())
             end = f.tell()
         if marks[-1] != end:
