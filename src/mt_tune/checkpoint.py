@@ -1,0 +1,138 @@
+"""Training checkpoints: written atomically, loaded without unpickling arbitrary objects.
+
+A checkpoint is one `torch.save`d dict that holds only tensors, dicts, lists, tuples, str,
+int, float, bool and None, so `torch.load(weights_only=True)` reads it. It is self-contained:
+
+    version      format version (CHECKPOINT_VERSION)
+    config       the resolved run config (config.to_dict), vocabulary sizes filled in
+    model        model state dict
+    optimizer    AdamW state dict
+    scaler       GradScaler state dict (empty when fp16 is off)
+    step         updates done
+    rng          python / numpy / torch / cuda RNG states (rng_state() below)
+    data_state   BatchIterator.state_dict() of the training batches
+    best         metric -> [value, step] of the best evaluations so far
+    history      one dict per evaluation (EvalResult fields)
+    src_spm, tgt_spm   the sentencepiece models' bytes as uint8 tensors
+
+The learning-rate schedule is a pure function of `step`, so `step` is the scheduler state.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mt_tune.errors import UserError
+
+CHECKPOINT_VERSION = 1
+REQUIRED_KEYS = ("version", "config", "model", "step", "src_spm", "tgt_spm")
+
+
+# --- RNG state as plain data ----------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    """Every RNG a training step touches, as weights_only-loadable data."""
+    py_version, py_internal, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {
+        "python": {"version": py_version, "state": list(py_internal), "gauss_next": py_gauss},
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+
+
+# --- tokenizers as tensors ------------------------------------------------------------------
+
+
+def bytes_to_tensor(b: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(b), dtype=torch.uint8).clone()
+
+
+def tensor_to_bytes(t: torch.Tensor) -> bytes:
+    return t.numpy().tobytes()
+
+
+# --- save / load --------------------------------------------------------------------------
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """torch.save to a temp file in the same directory, then rename: a crash never leaves a
+    half-written file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint dict safely; anything that is not one of ours is a UserError."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such checkpoint file")
+    try:
+        ckpt = torch.load(p, map_location=device, weights_only=True)
+    except Exception as e:  # a foreign or damaged file fails in many ways inside the unpickler
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{p}: not a readable mt-tune checkpoint ({first_line})") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
+        missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+        raise UserError(f"{p}: not an mt-tune checkpoint (missing {', '.join(missing)})")
+    if ckpt["version"] != CHECKPOINT_VERSION:
+        raise UserError(f"{p}: checkpoint format version {ckpt['version']!r}, this mt-tune reads "
+                        f"version {CHECKPOINT_VERSION}")
+    return ckpt
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Any, Any, Any]:
+    """(model, run_cfg, src_tok, tgt_tok) from a checkpoint, the model in eval mode on `device`:
+    what translate and evaluate need."""
+    from mt_tune.config import build_run_config
+    from mt_tune.data import Tokenizer
+    from mt_tune.errors import ConfigError
+    from mt_tune.model import Seq2SeqTransformer
+
+    ckpt = read_checkpoint(path, device)
+    try:
+        run_cfg = build_run_config(ckpt["config"])
+    except ConfigError as e:
+        raise UserError(f"{path}: the checkpoint's config is invalid: {e}") from None
+    src_bytes, tgt_bytes = tensor_to_bytes(ckpt["src_spm"]), tensor_to_bytes(ckpt["tgt_spm"])
+    src_tok = Tokenizer.from_bytes(src_bytes)
+    tgt_tok = src_tok if tgt_bytes == src_bytes else Tokenizer.from_bytes(tgt_bytes)  # joint vocabulary
+    model = Seq2SeqTransformer(run_cfg.model)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"{path}: the weights do not fit the checkpoint's model config: "
+                        f"{str(e).splitlines()[0]}") from None
+    model.to(device).eval()
+    return model, run_cfg, src_tok, tgt_tok

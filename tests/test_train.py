@@ -1,0 +1,342 @@
+"""Trainer tests on the bundled sample with a tiny model (d_model 32, one layer each side)."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mt_tune.checkpoint import load_checkpoint
+from mt_tune.cli import main
+from mt_tune.config import RunConfig, build_run_config, to_dict
+from mt_tune.data import Batch, prepare
+from mt_tune.errors import UserError
+from mt_tune.train import NaNLossError, StopTraining, Trainer, lr_at
+
+TINY = {
+    "data": {"format": "sample", "vocab_size": 2000, "valid_size": 100},
+    "model": {"d_model": 32, "n_heads": 2, "enc_layers": 1, "dec_layers": 1, "ffn_dim": 64, "dropout": 0.1},
+    "train": {"device": "cpu", "threads": 1, "lr": 3e-3, "warmup_steps": 5, "max_steps": 20, "eval_every": 10,
+              "max_tokens": 600, "bleu_sentences": 8, "keep_best_by": "bleu", "log_every": 5, "seed": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def raw_config(cache_dir) -> dict:
+    raw = yaml.safe_load(yaml.safe_dump(TINY))
+    raw["data"]["cache_dir"] = str(cache_dir)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def data(raw_config):
+    return prepare(build_run_config(raw_config).data)
+
+
+def make_config(raw: dict, **train) -> RunConfig:
+    raw = yaml.safe_load(yaml.safe_dump(raw))
+    raw["train"].update(train)
+    return build_run_config(raw)
+
+
+def quiet(*args, **kwargs) -> None:
+    pass
+
+
+# --- the schedule --------------------------------------------------------------------------
+
+
+def test_schedule_warms_up_linearly_then_decays():
+    tc = build_run_config({"data": {"format": "sample"}, "train": {"lr": 1e-3, "warmup_steps": 100,
+                                                                     "max_steps": 1000, "min_lr": 1e-5}}).train
+    assert lr_at(1, tc) == pytest.approx(1e-5)
+    assert lr_at(50, tc) == pytest.approx(5e-4)
+    assert lr_at(100, tc) == pytest.approx(1e-3)
+    assert lr_at(400, tc) == pytest.approx(1e-3 * math.sqrt(100 / 400))
+    decay = [lr_at(s, tc) for s in range(100, 1001, 50)]
+    assert all(a > b for a, b in zip(decay, decay[1:]))
+    tc.schedule = "cosine"
+    assert lr_at(100, tc) == pytest.approx(1e-3)
+    assert lr_at(550, tc) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert lr_at(1000, tc) == pytest.approx(1e-5)
+    assert lr_at(5000, tc) == pytest.approx(1e-5)  # floor past max_steps
+
+
+# --- the update -----------------------------------------------------------------------------
+
+
+def concat(a: Batch, b: Batch) -> Batch:
+    """One batch holding the sentences of both, padded with 0 to the longer length."""
+
+    def cat(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        width = max(x.size(1), y.size(1))
+        return torch.cat([torch.nn.functional.pad(t, (0, width - t.size(1))) for t in (x, y)])
+
+    return Batch(src=cat(a.src, b.src), tgt_in=cat(a.tgt_in, b.tgt_in), tgt_out=cat(a.tgt_out, b.tgt_out),
+                 n_src_tokens=a.n_src_tokens + b.n_src_tokens, n_tgt_tokens=a.n_tgt_tokens + b.n_tgt_tokens)
+
+
+def first_update_gradients(trainer: Trainer) -> dict[str, torch.Tensor]:
+    grads = {}
+
+    def capture(optimizer, args, kwargs):
+        grads.update({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+
+    trainer.optimizer.register_step_pre_hook(capture)
+    trainer._update()
+    return grads
+
+
+def test_accumulating_two_batches_equals_one_batch_of_both(raw_config, data):
+    # No dropout and no clipping: the gradient of the update is then a pure function of its batches.
+    raw = yaml.safe_load(yaml.safe_dump(raw_config))
+    raw["model"]["dropout"] = 0.0
+    accumulating = Trainer(make_config(raw, accum_steps=2, clip_norm=0.0), None, data=data, log=quiet)
+    single = Trainer(make_config(raw, accum_steps=1, clip_norm=0.0), None, data=data, log=quiet)
+    first, second = next(accumulating._stream), next(accumulating._stream)
+    assert first.n_tgt_tokens != second.n_tgt_tokens  # unequal batches: a mean of means would differ
+    accumulating._stream = iter([first, second])
+    single._stream = iter([concat(first, second)])
+
+    grads_accum, grads_single = first_update_gradients(accumulating), first_update_gradients(single)
+    assert grads_accum.keys() == grads_single.keys()
+    for name in grads_accum:
+        torch.testing.assert_close(grads_accum[name], grads_single[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert accumulating._loss_sum.item() == pytest.approx(single._loss_sum.item(), rel=1e-5)
+
+
+# --- a whole run, checkpoints and resume ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(raw_config, data, tmp_path_factory):
+    """An uninterrupted 20-step run with the training loss of every step."""
+    out = tmp_path_factory.mktemp("full")
+    losses = {}
+    trainer = Trainer(make_config(raw_config, log_every=1), out, data=data, log=quiet,
+                      on_step=lambda step, info: losses.__setitem__(step, info["loss"]))
+    return trainer, trainer.fit(), losses, out
+
+
+def test_run_reports_metrics_and_writes_checkpoints(finished_run):
+    trainer, result, losses, out = finished_run
+    assert result.stop_reason == "max_steps" and result.steps == 20
+    assert [r.step for r in result.history] == [10, 20]
+    assert losses[20] < losses[1]
+    last = result.history[-1]
+    assert last.val_loss > 0 and last.val_loss_per_char > 0 and last.bleu is not None and last.chrf is not None
+    assert set(result.best) == {"val_loss", "val_loss_per_char", "bleu", "chrf"}
+    assert result.tokens_per_s > 0 and result.updates_per_s > 0 and result.peak_memory_bytes > 0
+    assert result.n_params == sum(p.numel() for p in trainer.model.parameters())
+    assert result.mfu is None  # CPU
+    assert result.tokens_per_update > 0 and "tok:13a" in result.bleu_signature
+    assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
+    assert not [p for p in out.iterdir() if p.name not in ("last.pt", "best.pt")]  # no temp files left
+
+
+def test_checkpoint_is_self_contained_and_loads_safely(finished_run, data):
+    trainer, result, _, out = finished_run
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["step"] == 20 and ckpt["config"] == to_dict(trainer.cfg)
+    assert ckpt["config"]["model"]["src_vocab_size"] == data.src_tok.vocab_size
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["step"] == result.best["bleu"][1]
+
+    model, cfg, src_tok, tgt_tok = load_checkpoint(out / "last.pt")
+    assert cfg.model == trainer.cfg.model and not model.training
+    assert src_tok.encode(["你好"]) == data.src_tok.encode(["你好"])
+    batch = next(iter(trainer.valid_batches()))
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch.src, batch.tgt_in), trainer.model(batch.src, batch.tgt_in))
+
+
+def test_bad_checkpoints_are_user_errors(tmp_path, finished_run):
+    _, _, _, out = finished_run
+    with pytest.raises(UserError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(UserError, match="garbage.pt: not a readable mt-tune checkpoint"):
+        load_checkpoint(garbage)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((out / "last.pt").read_bytes()[:5000])
+    with pytest.raises(UserError, match="truncated.pt"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(UserError, match="foreign.pt: not an mt-tune checkpoint"):
+        load_checkpoint(foreign)
+
+
+def test_resumed_run_continues_the_same_curve(finished_run, raw_config, data, tmp_path):
+    full_trainer, full_result, full_losses, _ = finished_run
+    losses = {}
+    record = lambda step, info: losses.__setitem__(step, info["loss"])  # noqa: E731
+    Trainer(make_config(raw_config, log_every=1, max_steps=10), tmp_path, data=data, log=quiet,
+            on_step=record).fit()
+    resumed = Trainer(make_config(raw_config, log_every=1), tmp_path, data=data, log=quiet, on_step=record,
+                      resume=True)
+    assert resumed.step == 10
+    result = resumed.fit()
+    assert result.steps == 20
+    for step in range(1, 21):
+        assert losses[step] == pytest.approx(full_losses[step], abs=1e-6), step
+    assert result.history[-1].val_loss == pytest.approx(full_result.history[-1].val_loss, abs=1e-6)
+    for (name, a), b in zip(resumed.model.state_dict().items(), full_trainer.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_resume_without_a_checkpoint_is_a_user_error(raw_config, data, tmp_path):
+    with pytest.raises(UserError, match="no checkpoint to resume"):
+        Trainer(make_config(raw_config), tmp_path, data=data, log=quiet, resume=True)
+
+
+# --- stopping: hooks and NaN ----------------------------------------------------------------
+
+
+def test_a_hook_sees_each_evaluation_and_can_stop_the_run(raw_config, data):
+    seen = []
+
+    def stop_at_second(trainer, result):
+        seen.append(result.step)
+        if len(seen) == 2:
+            raise StopTraining("enough")
+
+    result = Trainer(make_config(raw_config, eval_every=5), None, data=data, log=quiet,
+                     hooks=[stop_at_second]).fit()
+    assert result.stop_reason == "enough" and result.steps == 10 and seen == [5, 10]
+    assert len(result.history) == 2
+
+
+def test_other_hook_exceptions_propagate(raw_config, data):
+    class Pruned(Exception):
+        pass
+
+    def prune(trainer, result):
+        raise Pruned()
+
+    with pytest.raises(Pruned):
+        Trainer(make_config(raw_config), None, data=data, log=quiet, hooks=[prune]).fit()
+
+
+def test_nan_loss_stops_with_a_typed_error_and_is_never_saved_as_best(raw_config, data, tmp_path):
+    def poison(trainer, result):  # weights turn NaN after the first evaluation
+        with torch.no_grad():
+            for p in trainer.model.parameters():
+                p.fill_(float("nan"))
+
+    trainer = Trainer(make_config(raw_config, eval_every=5, keep_best_by="val_loss"), tmp_path, data=data,
+                      log=quiet, hooks=[poison])
+    with pytest.raises(NaNLossError) as caught:
+        trainer.fit()
+    assert caught.value.stop_reason == "nan_loss" and caught.value.step == 10  # checked at the next log point
+    for name in ("last.pt", "best.pt"):
+        ckpt = torch.load(tmp_path / name, weights_only=True)
+        assert ckpt["step"] == 5 and all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+def test_huge_learning_rate_ends_in_nan_loss(raw_config, data):
+    with pytest.raises(NaNLossError, match="lower train.lr"):
+        Trainer(make_config(raw_config, lr=1e4, warmup_steps=0, clip_norm=0.0), None, data=data, log=quiet).fit()
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+def run_cli(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code or 0
+
+
+def test_cli_trains_with_overrides(raw_config, data, tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(raw_config))
+    out = tmp_path / "run"
+    assert run_cli(["train", str(config), "train.max_steps=4", "train.eval_every=2", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "training run" in printed.out and "max_steps" in printed.out
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 4
+    # A second run into the same directory must not clobber it without --resume.
+    assert run_cli(["train", str(config), "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert run_cli(["train", str(config), "train.max_steps=6", "train.eval_every=2", "--out", str(out),
+                    "--resume"]) == 0
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 6
+
+
+def test_cli_rejects_a_bad_key_with_exit_2(raw_config, tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(raw_config))
+    assert run_cli(["train", str(config), "train.max_stepz=3", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "train.max_stepz" in err and "max_steps" in err and "Traceback" not in err
+    assert run_cli(["train", str(config), "train.amp=fast"]) == 2
+    assert "auto, off, bf16, fp16" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_nan_loss_exits_1_with_a_message(raw_config, tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(raw_config))
+    code = run_cli(["train", str(config), "train.lr=1e4", "train.warmup_steps=0", "train.clip_norm=0",
+                    "--out", str(tmp_path / "run")])
+    assert code == 1
+    assert "nan_loss" in capsys.readouterr().err
+
+
+# --- DDP on CPU (gloo) ----------------------------------------------------------------------
+
+DDP_WORKER = textwrap.dedent("""
+    import os, sys, torch, yaml
+    from mt_tune.config import build_run_config
+    from mt_tune.train import Trainer
+
+    raw = yaml.safe_load(open(sys.argv[1]))
+    rank = int(os.environ["RANK"])
+    out = os.path.join(sys.argv[2], f"rank{rank}")
+    trainer = Trainer(build_run_config(raw), out, log=lambda *a: None)
+    result = trainer.fit()
+    torch.save({"params": trainer.model.state_dict(), "steps": result.steps},
+               os.path.join(sys.argv[2], f"params{rank}.pt"))
+""")
+
+
+def test_ddp_with_two_gloo_processes(raw_config, data, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    raw = yaml.safe_load(yaml.safe_dump(raw_config))
+    raw["train"].update(max_steps=6, eval_every=3, log_every=3)
+    config.write_text(yaml.safe_dump(raw))
+    worker = tmp_path / "worker.py"
+    worker.write_text(DDP_WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    str(worker), str(config), str(tmp_path)], env=env, check=True, timeout=120,
+                   capture_output=True)
+    ranks = [torch.load(tmp_path / f"params{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 6
+    for name, p0 in ranks[0]["params"].items():
+        torch.testing.assert_close(p0, ranks[1]["params"][name], rtol=0, atol=0, msg=name)
+    assert (tmp_path / "rank0" / "last.pt").is_file()
+    assert not (tmp_path / "rank1").exists()  # only process 0 writes
+
+    # The same through the command line: `--devices cpu:2` relaunches itself under torchrun.
+    out = tmp_path / "cli-run"
+    done = subprocess.run([sys.executable, "-m", "mt_tune.cli", "train", str(config), "--devices", "cpu:2",
+                           "--out", str(out)], env=env, timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "x2 processes" in done.stderr
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 6
