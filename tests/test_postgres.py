@@ -19,6 +19,8 @@ def test_fixture_url_is_a_reachable_psycopg_database(postgres_url):
         engine.dispose()
 
 
+# The storage records heartbeats, which Optuna means for study.optimize; ask/tell is fine here.
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used:UserWarning")
 def test_study_written_through_open_storage_reads_back_from_a_new_storage(fresh_postgres_url):
     storage = open_storage(fresh_postgres_url)
     assert open_storage(fresh_postgres_url) is storage  # one storage (one pool) per URL
