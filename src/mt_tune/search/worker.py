@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from typing import Callable
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from mt_tune.errors import UserError
@@ -22,7 +24,7 @@ from mt_tune.search.objective import Objective
 from mt_tune.search.pruners import build_pruner
 from mt_tune.search.samplers import build_sampler
 from mt_tune.search.spec import spec_from_study
-from mt_tune.search.storage import mask_url, open_storage, resolve_url
+from mt_tune.search.storage import heartbeat_settings, mask_url, open_storage, resolve_url
 from mt_tune.search.study import load_study
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
@@ -39,7 +41,34 @@ def counts_toward_budget(trials: list[FrozenTrial]) -> list[FrozenTrial]:
                                                      or t.user_attrs.get("stop_reason") == "over_budget"))]
 
 
+def requeue_on_interrupt(objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
+    """The objective, such that Ctrl-C/SIGTERM (KeyboardInterrupt) in a trial records
+    stop_reason=interrupted and queues a retry of the trial, exactly as Optuna does for a dead
+    worker's trial (so the retry resumes from its last checkpoint, and the retried trial does
+    not count toward the budget). The interrupt then goes on: Optuna marks this trial FAIL,
+    and the worker stops — the trial is never left RUNNING."""
+
+    def run(trial: optuna.Trial) -> float:
+        try:
+            return objective(trial)
+        except KeyboardInterrupt:
+            trial.set_user_attr("stop_reason", "interrupted")
+            frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                RetryHeartbeatStaleTrialCallback(max_retry=heartbeat_settings()[2])(trial.study, frozen)
+            raise
+
+    return run
+
+
 def budget_used(study: optuna.Study) -> int:
+    # A dead worker's trial stays RUNNING, and would count, until some worker fails it and
+    # queues its retry; do that first, or workers that see the budget taken would all exit
+    # and leave it RUNNING for ever.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     return len(counts_toward_budget(study.get_trials(deepcopy=False)))
 
 
@@ -81,7 +110,7 @@ def run_worker(study_name: str, storage_url: str | None = None, n_trials: int | 
     ran, start = 0, time.perf_counter()
     while (n_trials is None or ran < n_trials) and budget_used(study) < budget:
         try:
-            study.optimize(objective, n_trials=1, callbacks=[log_trial])
+            study.optimize(requeue_on_interrupt(objective), n_trials=1, callbacks=[log_trial])
         except BudgetSpent:
             break
         except UserError:
