@@ -18,6 +18,15 @@ from mt_tune.errors import UserError
 from mt_tune.search.report import render_report, write_report
 from mt_tune.search.spec import build_spec
 
+
+def cli(*args: str) -> int:
+    """Run `mt-tune ARGS` in this process; its exit status."""
+    try:
+        main(list(args))
+    except SystemExit as e:
+        return e.code
+    return 0
+
 SPEC = {
     "name": "synthetic",
     "data": {"format": "sample", "scale": "1k", "vocab_size": 1000},
@@ -132,12 +141,10 @@ def test_cli_study_report_writes_the_page(tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/s.db"
     populated(url)
     out = tmp_path / "out" / "report.html"
-    main(["study", "report", "synthetic", "-o", str(out), "--storage", url])
+    assert cli("study", "report", "synthetic", "-o", str(out), "--storage", url) == 0
     assert out.is_file() and "<h2>Learning curves</h2>" in out.read_text()
     assert str(out) in capsys.readouterr().out
-    with pytest.raises(SystemExit) as e:
-        main(["study", "report", "missing", "-o", str(out), "--storage", url])
-    assert e.value.code == 2
+    assert cli("study", "report", "missing", "-o", str(out), "--storage", url) == 2
 
 
 # --- a real browser ------------------------------------------------------------------------

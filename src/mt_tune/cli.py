@@ -259,7 +259,61 @@ def worker(
     raise typer.Exit(EXIT_INTERRUPTED if summary["interrupted"] else 1 if summary["failed_processes"] else 0)
 
 
-# --- results: dashboard, demo -------------------------------------------------------------
+# --- results: promote, export, report, dashboard, demo ------------------------------------
+
+
+@study_app.command("promote")
+def study_promote(
+    src: str = typer.Argument(..., help="the study whose best trials are promoted"),
+    dst: str = typer.Option(..., "--to", help="the study they are enqueued in (created from SRC's spec, or reused)"),
+    top_k: int = typer.Option(4, "--top-k", help="how many of SRC's best completed trials"),
+    scale: str = typer.Option("full", "--scale", help="data scale of the new study: 10k, 100k, full, ..."),
+    steps_factor: float = typer.Option(1.0, "--steps-factor", help="multiply the per-trial step (and time) budget"),
+    storage: Optional[str] = STORAGE,
+) -> None:
+    """Enqueue SRC's top-k trials into DST at a larger data scale; run DST with `mt-tune worker DST`."""
+    from mt_tune.search.promote import promote
+
+    result = promote(src, dst, storage, top_k=top_k, scale=scale, steps_factor=steps_factor,
+                     log=lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True))
+    for e in result.enqueued:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e["params"].items())
+        out.print(f"enqueued trial {e['source_trial']} of {src} (rank {e['source_rank']}): {params}",
+                  markup=False, highlight=False, soft_wrap=True)
+    if result.already_there:
+        out.print(f"already in {dst}: trials {', '.join(map(str, result.already_there))} of {src}",
+                  markup=False, highlight=False, soft_wrap=True)
+    out.print(f"next: mt-tune worker {dst}", markup=False, highlight=False, soft_wrap=True)
+
+
+@study_app.command("export")
+def study_export(
+    name: str = typer.Argument(..., help="study name"),
+    output: Path = typer.Option(..., "-o", "--output", help="the training config YAML to write"),
+    trial: Optional[int] = typer.Option(None, "--trial", help="trial number [default: the best trial]"),
+    scale: Optional[str] = typer.Option(None, "--scale", help="train at this data scale [default: the study's]"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="train.max_steps [default: the study's step budget]"),
+    storage: Optional[str] = STORAGE,
+) -> None:
+    """Write a trial's complete training config, with provenance, for `mt-tune train`."""
+    from mt_tune.search.export import export_config
+
+    result = export_config(name, output, storage, trial=trial, scale=scale, steps=steps)
+    out.print(f"wrote {result.path}: trial {result.trial} of {name} ({result.metric} {result.value:.4g})\n"
+              f"next: mt-tune train {result.path}", markup=False, highlight=False, soft_wrap=True)
+
+
+@study_app.command("report")
+def study_report(
+    name: str = typer.Argument(..., help="study name"),
+    output: Path = typer.Option(Path("report.html"), "-o", "--output", help="the HTML file to write"),
+    storage: Optional[str] = STORAGE,
+) -> None:
+    """Write one self-contained HTML page: history, curves, importances, transfer, best config."""
+    from mt_tune.search.report import write_report
+
+    path = write_report(name, output, storage)
+    out.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -272,7 +326,7 @@ def dashboard(
     """Serve optuna-dashboard on the study storage: trials, curves, notes (Ctrl-C to stop)."""
     from mt_tune.search.dashboard import serve
 
-    serve(storage, host, port, log=lambda line: out.print(line, markup=False, highlight=False))
+    serve(storage, host, port, log=lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True))
 
 
 # --- entry point --------------------------------------------------------------------------
