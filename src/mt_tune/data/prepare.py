@@ -254,7 +254,7 @@ def _scan_chunk(source: CorpusSource, chunk: Chunk, cleaner: Cleaner, work: Path
     hashes, src_lens, tgt_lens = array("Q"), array("H"), array("H")
     clean, skip = cleaner.clean, report.skip
     path = work / f"clean-{chunk.index:05d}.tsv"
-    line = 0
+    line = kept = 0
     with open(path, "w", encoding="utf-8", newline="\n") as out:
         write = out.write
         for line, src, tgt, reason in source.records(chunk):
@@ -263,7 +263,7 @@ def _scan_chunk(source: CorpusSource, chunk: Chunk, cleaner: Cleaner, work: Path
             if reason is not None:
                 skip(reason, line)
                 continue
-            report.kept += 1
+            kept += 1
             h = pair_hash(src, tgt)
             if h in exclude:
                 skip("in_valid", line)
@@ -273,6 +273,7 @@ def _scan_chunk(source: CorpusSource, chunk: Chunk, cleaner: Cleaner, work: Path
             tgt_lens.append(len(tgt))
             write(f"{h:016x}\t{line}\t{src}\t{tgt}\n")
     report.lines = line
+    report.kept = kept
     n_hist = cleaner.max_chars + 1
     report.src_hist += np.bincount(np.frombuffer(src_lens, dtype=np.uint16), minlength=n_hist)[:n_hist]
     report.tgt_hist += np.bincount(np.frombuffer(tgt_lens, dtype=np.uint16), minlength=n_hist)[:n_hist]

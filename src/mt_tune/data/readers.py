@@ -275,12 +275,19 @@ def _jsonl_records(path: Path, start: int, end: int, src_keys: tuple[str, ...],
         if not isinstance(obj, dict):
             yield n, None, None, "invalid_json"
             continue
-        src = next((obj[k] for k in src_keys if k in obj), None)
-        tgt = next((obj[k] for k in tgt_keys if k in obj), None)
+        src = _first_field(obj, src_keys)
+        tgt = _first_field(obj, tgt_keys)
         if isinstance(src, str) and isinstance(tgt, str):
             yield n, src, tgt, None
         else:
             yield n, None, None, "missing_field"
+
+
+def _first_field(obj: dict, keys: tuple[str, ...]) -> object:
+    for key in keys:
+        if key in obj:
+            return obj[key]
+    return None
 
 
 def _tsv_records(path: Path, start: int, end: int) -> Iterator[RawRecord]:
