@@ -206,10 +206,16 @@ def study_show(
     storage: Optional[str] = STORAGE,
     top: int = typer.Option(5, "--top", help="how many best trials to list"),
 ) -> None:
-    """Best trials with params, trials by state and stop reason, speed and time per trial."""
+    """Best trials with params, trials by state and stop reason, speed and time per trial;
+    for a promoted study, how the source study's ranking held (scale transfer)."""
     from mt_tune.search.study import show_study, study_view
+    from mt_tune.search.transfer import transfer_view
 
     out.print(study_view(show_study(name, storage, top=top)))
+    transfer = transfer_view(name, storage)
+    if transfer is not None:
+        out.print(transfer)
+
 
 
 @study_app.command("delete")

@@ -11,7 +11,12 @@ import math
 from dataclasses import asdict, dataclass
 
 import optuna
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
 from scipy import stats
+
+from mt_tune.search.study import load_study
 
 MIN_FINISHED = 3  # fewer finished promoted trials give no meaningful rank correlation
 
@@ -136,3 +141,18 @@ def format_transfer_table(transfer: Transfer) -> list[list[str]]:
 
 
 TRANSFER_COLUMNS = ["source trial", "source rank", "source value", "trial", "state", "rank", "value"]
+
+
+def transfer_view(study_name: str, storage_url: str | None = None) -> Group | None:
+    """The transfer section of `study show`: a table and the one-line reading; None when the
+    study has no promoted trials."""
+    transfer = transfer_report(load_study(study_name, storage_url))
+    if transfer is None:
+        return None
+    table = Table(title=f"scale transfer from {transfer.source_study} ({transfer.source_scale} → {transfer.scale}), "
+                        f"by {transfer.metric}")
+    for col in TRANSFER_COLUMNS:
+        table.add_column(col, justify="left" if col == "state" else "right")
+    for row in format_transfer_table(transfer):
+        table.add_row(*row)
+    return Group(table, Text(transfer.reading))
