@@ -185,7 +185,9 @@ def test_promoted_trials_train_on_the_full_sample_and_show_the_transfer(source, 
         src = t.user_attrs["promoted_from"]["trial"]
         assert t.params == {"train.lr": SOURCE_TRIALS[src][0], "model.ffn_dim": SOURCE_TRIALS[src][1]}
         assert t.user_attrs["steps"] == 4 and t.user_attrs["scale"] in (None, "full")
+        assert read_note(study, t).startswith(f"## Trial {t.number} · complete · chrf")  # written by the worker
     transfer = transfer_report(study)
+    assert "## Scale transfer" in read_note(study) and transfer.reading in read_note(study)
     assert transfer.finished == 4 and sorted(r.rank for r in transfer.rows) == [1, 2, 3, 4]
     if transfer.spearman is not None:  # None only if all four trials tied
         ranks = [r.rank for r in transfer.rows]

@@ -20,6 +20,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from mt_tune.errors import UserError
+from mt_tune.search.notes import write_study_note, write_trial_note
 from mt_tune.search.objective import Objective
 from mt_tune.search.pruners import build_pruner
 from mt_tune.search.samplers import build_sampler
@@ -104,9 +105,13 @@ def run_worker(study_name: str, storage_url: str | None = None, n_trials: int | 
         value = f"{spec.metric} {t.value:.4g}" if t.value is not None else "no value"
         log(f"trial {t.number:>3} {t.state.name.lower():<8} {value} | {a.get('stop_reason', '-')} | "
             f"{a.get('steps', 0)} steps | {a.get('wall_s', 0):.1f} s")
+        write_trial_note(study, t)  # shown next to the trial in optuna-dashboard
+        if "parent" in study.user_attrs:
+            write_study_note(study)  # a promoted study's note holds the scale-transfer table
 
     log(f"worker for study {study_name!r} in {mask_url(url)}: budget {budget} trials, "
         f"{budget_used(study)} taken; checkpoints under {artifacts}/{study_name}/")
+    write_study_note(study)
     ran, start = 0, time.perf_counter()
     while (n_trials is None or ran < n_trials) and budget_used(study) < budget:
         try:
