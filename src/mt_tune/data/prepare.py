@@ -34,7 +34,7 @@ from mt_tune.data.readers import Chunk, CorpusSource, open_corpus
 from mt_tune.data.shards import (
     META, EncodedSide, Shard, ShardWriter, atomic_dir, file_sizes, ids_dtype, remove_stale_tmp, shard_files_ok,
 )
-from mt_tune.data.splits import SplitPlan, pair_hash, plan_splits
+from mt_tune.data.splits import SplitPlan, check_size, pair_hash, plan_splits, repeated_values
 from mt_tune.data.vocab import Tokenizer, train_sentencepiece
 from mt_tune.errors import ConfigError, DataError
 
@@ -93,8 +93,6 @@ def check_corpus(paths: list[str], format: str = "auto", cfg: DataConfig | None 
         _check_bad_fraction(source, scan.report, cfg.max_bad_fraction)
         if cfg.dedup and len(scan.hashes):
             scan.hashes.sort()
-            from mt_tune.data.splits import repeated_values
-
             repeats = repeated_values(scan.hashes)
             if repeats:
                 _route(scan, None, repeats, bar)
@@ -118,8 +116,7 @@ def prepare(cfg: DataConfig, progress: bool = False) -> PreparedData:
 
     cached = _read_json(corpus_dir / REPORT)
     if cached is not None:
-        n_train, n_vocab = _train_and_vocab_sizes(cached["usable_pairs"] - valid_size, cfg, train_src.name,
-                                                   valid_size)
+        n_vocab = _vocab_sample_size(cached["usable_pairs"], cfg, train_src.name, valid_size)
         shard_dir = corpus_dir / _shard_dir_name(cfg, n_vocab)
         if shard_files_ok(shard_dir):
             return _load(cfg, corpus_dir, shard_dir, DataReport.from_dict(cached["report"], cfg.max_chars),
@@ -148,7 +145,7 @@ def _build(cfg: DataConfig, train_src: CorpusSource, valid_src: CorpusSource | N
             del scan.hashes  # sorted by plan_splits; only the thresholds are needed from here on
             vocab_dir = corpus_dir / _vocab_dir_name(cfg, plan.n_vocab)
             need_vocab = not (vocab_dir / META).is_file()
-            routed = _route(scan, plan, plan.duplicates, bar, work, joint=cfg.joint_vocab,
+            held_out = _route(scan, plan, plan.duplicates, bar, work, joint=cfg.joint_vocab,
                             vocab_sample=need_vocab)
             timings["read_clean_s"] = time.perf_counter() - t
             report = DataReport(scan.report, valid_report)
@@ -163,7 +160,7 @@ def _build(cfg: DataConfig, train_src: CorpusSource, valid_src: CorpusSource | N
             src_tok, tgt_tok = _load_tokenizers(vocab_dir, cfg.joint_vocab)
 
             t = time.perf_counter()
-            valid_pairs = valid_pairs or routed.valid
+            valid_pairs = valid_pairs or held_out
             shard_dir = corpus_dir / _shard_dir_name(cfg, plan.n_vocab)
             with atomic_dir(shard_dir) as tmp_dir:
                 dtype = ids_dtype(max(src_tok.vocab_size, tgt_tok.vocab_size))
@@ -205,14 +202,11 @@ def _finish(cfg: DataConfig, corpus_dir: Path, shard_dir: Path, report: DataRepo
                         src_tok, tgt_tok, report, shard_dir, cache_hit, stats)
 
 
-def _train_and_vocab_sizes(available: int, cfg: DataConfig, source: str, valid_size: int) -> tuple[int, int]:
-    scale = cfg.scale_pairs
-    if scale is not None and scale > available:
-        raise DataError(f"{source}: scale {format_scale(scale)} asks for {scale} training pairs, but the corpus "
-                        f"has only {available} usable pairs (after cleaning, deduplication and holding out "
-                        f"{valid_size} for validation); use data.scale <= {available} or 'full'")
-    n_train = available if scale is None else scale
-    return n_train, min(n_train, cfg.vocab_sample)
+def _vocab_sample_size(usable: int, cfg: DataConfig, source: str, valid_size: int) -> int:
+    """Pairs in the vocabulary sample, from the saved count of usable pairs (no scan needed)."""
+    check_size(source, usable, usable - valid_size, valid_size, cfg.scale_pairs)
+    n_train = usable - valid_size if cfg.scale_pairs is None else cfg.scale_pairs
+    return min(n_train, cfg.vocab_sample)
 
 
 def _vocab_dir_name(cfg: DataConfig, n_vocab: int) -> str:
@@ -360,16 +354,12 @@ def _read_valid(source: CorpusSource, cleaner: Cleaner, cfg: DataConfig, work: P
 # --- pass 3: route -------------------------------------------------------------------------
 
 
-@dataclass
-class _Routed:
-    valid: list[tuple[str, str]]
-
-
 def _route(scan: _Scan, plan: SplitPlan | None, repeats: set[int], bar: Progress, work: Path | None = None,
-           joint: bool = True, vocab_sample: bool = False) -> _Routed:
+           joint: bool = True, vocab_sample: bool = False) -> list[tuple[str, str]]:
     """Read the clean pairs back in corpus order: count duplicates (with their first lines),
     collect the held-out validation pairs, and write the training pairs of the scale (and the
-    vocab sample) to files. With no plan, only the duplicates are counted."""
+    vocab sample) to files; return the held-out validation pairs. With no plan, only the
+    duplicates are counted."""
     valid: list[tuple[str, str]] = []
     seen: set[int] = set()
     bar.stage("splitting", sum(p.stat().st_size for p, _ in scan.files))
@@ -406,7 +396,7 @@ def _route(scan: _Scan, plan: SplitPlan | None, repeats: set[int], bar: Progress
     finally:
         for f in outputs:
             f.close()
-    return _Routed(valid)
+    return valid
 
 
 # --- pass 4: vocabulary --------------------------------------------------------------------

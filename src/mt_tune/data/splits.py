@@ -103,7 +103,7 @@ def plan_splits(hashes: np.ndarray, *, valid_size: int, scale: int | None, vocab
         return _plan_with_copies(hashes, valid_size, scale, vocab_sample, source)
     distinct = count_distinct(hashes)
     available = distinct - valid_size
-    _check_size(source, distinct, available, valid_size, scale)
+    check_size(source, distinct, available, valid_size, scale)
     n_train = available if scale is None else scale
     n_vocab = min(n_train, vocab_sample)
     valid_max = kth_distinct(hashes, valid_size) if valid_size else -1
@@ -117,7 +117,7 @@ def plan_splits(hashes: np.ndarray, *, valid_size: int, scale: int | None, vocab
 def _plan_with_copies(hashes: np.ndarray, valid_size: int, scale: int | None, vocab_sample: int,
                       source: str) -> SplitPlan:
     available = len(hashes) - valid_size
-    _check_size(source, len(hashes), available, valid_size, scale)
+    check_size(source, len(hashes), available, valid_size, scale)
     n_train = available if scale is None else scale
     n_vocab = min(n_train, vocab_sample)
     valid_max = int(hashes[valid_size - 1]) if valid_size else -1
@@ -130,7 +130,8 @@ def _plan_with_copies(hashes: np.ndarray, valid_size: int, scale: int | None, vo
     return SplitPlan(valid_max, train_max, vocab_max, n_valid, end - n_valid, n_vocab, len(hashes) - end)
 
 
-def _check_size(source: str, distinct: int, available: int, valid_size: int, scale: int | None) -> None:
+def check_size(source: str, distinct: int, available: int, valid_size: int, scale: int | None) -> None:
+    """DataError unless `distinct` usable pairs cover the validation set and the scale."""
     if available <= 0:
         raise DataError(f"{source}: only {distinct} usable pairs after cleaning and deduplication, "
                         f"not enough to hold out valid_size={valid_size} for validation and train on the "
