@@ -136,7 +136,7 @@ def _build(cfg: DataConfig, train_src: CorpusSource, valid_src: CorpusSource | N
             t = time.perf_counter()
             valid_pairs, valid_report = (_read_valid(valid_src, cleaner, cfg, work, bar) if valid_src
                                          else ([], None))
-            exclude = {pair_hash(s, t) for s, t in valid_pairs}
+            exclude = {pair_hash(src, tgt) for src, tgt in valid_pairs}
             scan = _scan(train_src, cleaner, work, exclude, bar)
             _check_bad_fraction(train_src, scan.report, cfg.max_bad_fraction)
             usable = scan.report.kept - scan.report.skipped.get("in_valid", 0)
@@ -146,7 +146,7 @@ def _build(cfg: DataConfig, train_src: CorpusSource, valid_src: CorpusSource | N
             vocab_dir = corpus_dir / _vocab_dir_name(cfg, plan.n_vocab)
             need_vocab = not (vocab_dir / META).is_file()
             held_out = _route(scan, plan, plan.duplicates, bar, work, joint=cfg.joint_vocab,
-                            vocab_sample=need_vocab)
+                              vocab_sample=need_vocab)
             timings["read_clean_s"] = time.perf_counter() - t
             report = DataReport(scan.report, valid_report)
             distinct = plan.n_valid + plan.n_train + plan.n_unused if cfg.dedup else usable
