@@ -1,0 +1,147 @@
+"""Decoding and scoring: a tiny model trained to copy its input, a real sentencepiece model, sacrebleu."""
+
+import io
+import random
+
+import pytest
+import sentencepiece as spm
+import torch
+import torch.nn.functional as F
+
+from mt_tune.data import Tokenizer
+from mt_tune.decode import (evaluate, read_lines, score, sequence_logprob, translate, translate_ids)
+from mt_tune.errors import UserError
+from mt_tune.model import ModelConfig, Seq2SeqTransformer
+
+WORDS = "zero one two three four five six seven eight nine ten red blue green cat dog".split()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and do not fight other processes for cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def sentences():
+    rng = random.Random(0)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 7))) for _ in range(2000)]
+
+
+@pytest.fixture(scope="module")
+def tok(sentences):
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=proto, vocab_size=40,
+                                   pad_id=0, unk_id=1, bos_id=2, eos_id=3, minloglevel=2)
+    return Tokenizer.from_bytes(proto.getvalue())
+
+
+def train_copy_model(tok, sentences, steps, seed=0):
+    """A 1+1-layer model trained to copy its input: its correct output is known."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    v = tok.vocab_size
+    model = Seq2SeqTransformer(ModelConfig(d_model=48, n_heads=4, enc_layers=1, dec_layers=1, ffn_dim=96,
+                                           dropout=0.0, src_vocab_size=v, tgt_vocab_size=v))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    ids = tok.encode(sentences)
+    for _ in range(steps):
+        seqs = rng.sample(ids, 32)
+        width = max(map(len, seqs)) + 1
+        src, tgt_in, tgt_out = (torch.zeros(32, width, dtype=torch.long) for _ in range(3))
+        for i, s in enumerate(seqs):
+            src[i, : len(s) + 1] = torch.tensor(s + [tok.eos_id])
+            tgt_in[i, : len(s) + 1] = torch.tensor([tok.bos_id] + s)
+            tgt_out[i, : len(s) + 1] = torch.tensor(s + [tok.eos_id])
+        loss = F.cross_entropy(model(src, tgt_in).flatten(0, 1), tgt_out.flatten(), ignore_index=0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def copy_model(tok, sentences):
+    return train_copy_model(tok, sentences, steps=200)
+
+
+@pytest.fixture(scope="module")
+def half_trained(tok, sentences):
+    """Uncertain enough that greedy and beam search disagree."""
+    return train_copy_model(tok, sentences, steps=40)
+
+
+def test_greedy_and_beam_translate_a_copy_model(copy_model, tok, sentences):
+    texts = sentences[:40]
+    for beam in (1, 4):
+        hyps = translate(copy_model, tok, tok, texts, beam=beam)
+        assert len(hyps) == len(texts)
+        result = score(hyps, texts)
+        assert result["bleu"] > 60, (beam, result)
+        assert sum(h == t for h, t in zip(hyps, texts)) > 25
+
+
+def test_batching_does_not_change_translations(half_trained, tok, sentences):
+    texts = sentences[100:130]
+    for beam in (1, 3):
+        big = translate(half_trained, tok, tok, texts, beam=beam, max_tokens=10_000)
+        small = translate(half_trained, tok, tok, texts, beam=beam, max_tokens=24)
+        alone = [translate(half_trained, tok, tok, [t], beam=beam)[0] for t in texts[:8]]
+        assert big == small
+        assert big[:8] == alone
+
+
+def test_beam_search_finds_a_better_model_score_than_greedy(half_trained, tok, sentences):
+    src = tok.encode(sentences[200:260])
+    greedy = translate_ids(half_trained, src, beam=1)
+    beamed = translate_ids(half_trained, src, beam=5, length_penalty=0.0)  # rank by raw log-probability
+    g = [sequence_logprob(half_trained, s, h) for s, h in zip(src, greedy)]
+    b = [sequence_logprob(half_trained, s, h) for s, h in zip(src, beamed)]
+    assert sum(b) > sum(g)
+    assert sum(bi >= gi - 1e-4 for bi, gi in zip(b, g)) >= 0.9 * len(src)
+    assert greedy != beamed
+
+
+def test_length_limit(half_trained, tok, sentences):
+    src = tok.encode(sentences[:20])
+    for beam in (1, 3):
+        out = translate_ids(half_trained, src, beam=beam, max_len_ratio=0.0, max_len_add=2)
+        assert all(len(h) <= 2 for h in out)
+        out = translate_ids(half_trained, src, beam=beam, max_len_ratio=0.5, max_len_add=0)
+        assert all(len(h) <= max(1, len(s) // 2) for h, s in zip(out, src))
+
+
+def test_edge_inputs_and_mode_restored(copy_model, tok):
+    assert translate(copy_model, tok, tok, []) == []
+    copy_model.train()
+    out = translate(copy_model, tok, tok, ["", "cat dog"], beam=2)
+    assert copy_model.training
+    copy_model.eval()
+    assert len(out) == 2 and isinstance(out[0], str)
+
+
+def test_score_uses_the_right_tokenizer_and_signatures():
+    en = score(["the cat sat on the mat ."], ["the cat sat on the mat ."])
+    assert en["bleu"] == pytest.approx(100.0) and en["chrf"] == pytest.approx(100.0)
+    assert "tok:13a" in en["bleu_signature"] and "nc:6" in en["chrf_signature"]
+    zh = score(["我喜欢猫。"], ["我喜欢狗。"], tgt_lang="zh")
+    assert "tok:zh" in zh["bleu_signature"]
+    assert 0 < zh["bleu"] < 100
+    with pytest.raises(ValueError):
+        score(["a"], ["a", "b"])
+
+
+def test_evaluate_and_file_errors(copy_model, tok, sentences, tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        read_lines(tmp_path / "missing.txt", "source file")
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(UserError, match="not UTF-8"):
+        read_lines(binary, "reference file")
+    with pytest.raises(UserError, match="2 lines"):
+        evaluate(copy_model, tok, tok, ["a", "b"], ["a"])
+    hyps, result = evaluate(copy_model, tok, tok, sentences[:10], sentences[:10])
+    assert len(hyps) == 10 and result["bleu"] > 50
