@@ -21,7 +21,8 @@ import shutil
 import tempfile
 import time
 from array import array
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -288,7 +289,7 @@ def _scan(source: CorpusSource, cleaner: Cleaner, work: Path, exclude: set[int],
     hash_file = work / "hashes.u64"
     with open(hash_file, "wb") as hf, _pool(len(chunks)) as pool:
         tasks = [(source, chunk, cleaner, work, exclude) for chunk in chunks]
-        results = pool.imap(_scan_task, tasks) if pool else map(_scan_task, tasks)
+        results = _ordered_map(pool, _scan_task, tasks) if pool else map(_scan_task, tasks)
         for part in results:
             files.append((part.path, report.lines))
             report.merge(part.report, report.lines)
@@ -309,6 +310,19 @@ def _new_pool(workers: int, **kw):
     # fork: the workers inherit the imported modules instead of importing them again
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     return multiprocessing.get_context(method).Pool(workers, **kw)
+
+
+def _ordered_map(pool, fn, items: Iterable) -> Iterator:
+    """pool.imap with a bound on the tasks in flight. (imap reads its whole input at once:
+    with the encoder's chunks of text, the corpus would end up in memory.)"""
+    window = 2 * pool._processes  # type: ignore[attr-defined]
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.apply_async(fn, (item,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 class _NoPool:
@@ -479,7 +493,7 @@ def _encode_file(path: Path, n_pairs: int, src_tok: Tokenizer, tgt_tok: Tokenize
             _init_encoder(*protos)
             results: Iterator = map(_encode_rows, _row_chunks(path, ENCODE_CHUNK))
         else:
-            results = pool.imap(_encode_rows, _row_chunks(path, ENCODE_CHUNK))
+            results = _ordered_map(pool, _encode_rows, _row_chunks(path, ENCODE_CHUNK))
         for src, tgt in results:
             writer.add(src, tgt)
             bar.advance(len(src.lens))
