@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -163,22 +159,12 @@ def test_checkpoint_is_self_contained_and_loads_safely(finished_run, data):
         torch.testing.assert_close(model(batch.src, batch.tgt_in), trainer.model(batch.src, batch.tgt_in))
 
 
-def test_bad_checkpoints_are_user_errors(tmp_path, finished_run):
+def test_a_truncated_checkpoint_is_a_user_error(tmp_path, finished_run):
     _, _, _, out = finished_run
-    with pytest.raises(UserError, match="no such checkpoint"):
-        load_checkpoint(tmp_path / "missing.pt")
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(UserError, match="garbage.pt: not a readable mt-tune checkpoint"):
-        load_checkpoint(garbage)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes((out / "last.pt").read_bytes()[:5000])
-    with pytest.raises(UserError, match="truncated.pt"):
+    with pytest.raises(UserError, match="truncated.pt: not a readable mt-tune checkpoint"):
         load_checkpoint(truncated)
-    foreign = tmp_path / "foreign.pt"
-    torch.save({"weights": torch.zeros(3)}, foreign)
-    with pytest.raises(UserError, match="foreign.pt: not an mt-tune checkpoint"):
-        load_checkpoint(foreign)
 
 
 def test_resumed_run_continues_the_same_curve(finished_run, raw_config, data, tmp_path):
@@ -296,47 +282,3 @@ def test_cli_nan_loss_exits_1_with_a_message(raw_config, tmp_path, capsys):
                     "--out", str(tmp_path / "run")])
     assert code == 1
     assert "nan_loss" in capsys.readouterr().err
-
-
-# --- DDP on CPU (gloo) ----------------------------------------------------------------------
-
-DDP_WORKER = textwrap.dedent("""
-    import os, sys, torch, yaml
-    from mt_tune.config import build_run_config
-    from mt_tune.train import Trainer
-
-    raw = yaml.safe_load(open(sys.argv[1]))
-    rank = int(os.environ["RANK"])
-    out = os.path.join(sys.argv[2], f"rank{rank}")
-    trainer = Trainer(build_run_config(raw), out, log=lambda *a: None)
-    result = trainer.fit()
-    torch.save({"params": trainer.model.state_dict(), "steps": result.steps},
-               os.path.join(sys.argv[2], f"params{rank}.pt"))
-""")
-
-
-def test_ddp_with_two_gloo_processes(raw_config, data, tmp_path):
-    config = tmp_path / "tiny.yaml"
-    raw = yaml.safe_load(yaml.safe_dump(raw_config))
-    raw["train"].update(max_steps=6, eval_every=3, log_every=3)
-    config.write_text(yaml.safe_dump(raw))
-    worker = tmp_path / "worker.py"
-    worker.write_text(DDP_WORKER)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    str(worker), str(config), str(tmp_path)], env=env, check=True, timeout=120,
-                   capture_output=True)
-    ranks = [torch.load(tmp_path / f"params{r}.pt", weights_only=True) for r in (0, 1)]
-    assert ranks[0]["steps"] == ranks[1]["steps"] == 6
-    for name, p0 in ranks[0]["params"].items():
-        torch.testing.assert_close(p0, ranks[1]["params"][name], rtol=0, atol=0, msg=name)
-    assert (tmp_path / "rank0" / "last.pt").is_file()
-    assert not (tmp_path / "rank1").exists()  # only process 0 writes
-
-    # The same through the command line: `--devices cpu:2` relaunches itself under torchrun.
-    out = tmp_path / "cli-run"
-    done = subprocess.run([sys.executable, "-m", "mt_tune.cli", "train", str(config), "--devices", "cpu:2",
-                           "--out", str(out)], env=env, timeout=120, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "x2 processes" in done.stderr
-    assert torch.load(out / "last.pt", weights_only=True)["step"] == 6
