@@ -3,6 +3,7 @@
 `postgres_url` (session) starts one server for the whole test run and yields a
 `postgresql+psycopg://` URL of a test database on it; `fresh_postgres_url` (per test) creates a
 new, empty database on that server, so a test that writes studies cannot see another's.
+Tests never see a developer's MT_TUNE_* settings (MT_TUNE_STORAGE could name a real database).
 
 With MT_TUNE_TEST_POSTGRES_URL set, that server is used instead of starting one (its user
 needs the right to create databases for `fresh_postgres_url`). Without server binaries the
@@ -28,6 +29,14 @@ import pytest
 ENV_URL = "MT_TUNE_TEST_POSTGRES_URL"
 TEST_DB = "mt_tune_test"
 SERVER_USER = "postgres"  # the superuser initdb creates; also the OS user when run as root
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests run with mt-tune's defaults: a developer's MT_TUNE_* settings (above all
+    MT_TUNE_STORAGE, which may name a real study database) must not reach them. Tests that
+    need a setting set it themselves; MT_TUNE_TEST_* configure the tests and are kept."""
+    for name in [n for n in os.environ if n.startswith("MT_TUNE_") and not n.startswith("MT_TUNE_TEST_")]:
+        del os.environ[name]
 
 
 def _in_ci() -> bool:
