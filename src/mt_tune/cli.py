@@ -140,6 +140,8 @@ def _run_summary(result):
     from rich.table import Table
 
     table = Table(title="training run", show_header=False)
+    table.add_column("what", no_wrap=True)
+    table.add_column("value", overflow="fold")
     best = result.best
 
     def best_of(metric: str, fmt: str) -> str:
