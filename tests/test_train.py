@@ -14,7 +14,8 @@ from mt_tune.cli import main
 from mt_tune.config import RunConfig, build_run_config, to_dict
 from mt_tune.data import Batch, prepare
 from mt_tune.errors import UserError
-from mt_tune.train import NaNLossError, StopTraining, Trainer, lr_at
+from mt_tune.memory import estimate_memory
+from mt_tune.train import NaNLossError, OutOfMemoryError, StopTraining, Trainer, lr_at
 
 TINY = {
     "data": {"format": "sample", "vocab_size": 2000, "valid_size": 100},
@@ -237,6 +238,18 @@ def test_nan_loss_stops_with_a_typed_error_and_is_never_saved_as_best(raw_config
 def test_huge_learning_rate_ends_in_nan_loss(raw_config, data):
     with pytest.raises(NaNLossError, match="lower train.lr"):
         Trainer(make_config(raw_config, lr=1e4, warmup_steps=0, clip_norm=0.0), None, data=data, log=quiet).fit()
+
+
+def test_cuda_out_of_memory_becomes_a_typed_error_with_the_estimate(raw_config, data):
+    # Without a GPU the error is raised where one would surface (here: from a hook after an evaluation).
+    def out_of_memory(trainer, result):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    trainer = Trainer(make_config(raw_config), None, data=data, log=quiet, hooks=[out_of_memory])
+    with pytest.raises(OutOfMemoryError, match="CUDA out of memory at step 10") as caught:
+        trainer.fit()
+    assert caught.value.stop_reason == "oom" and caught.value.step == 10
+    assert caught.value.estimate_bytes == estimate_memory(trainer.cfg.model, trainer.cfg.train)["total"] > 0
 
 
 # --- the command line ----------------------------------------------------------------------
