@@ -337,6 +337,22 @@ def dashboard(
     serve(storage, host, port, log=lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True))
 
 
+@app.command()
+def demo(
+    overrides: Optional[list[str]] = typer.Argument(None, help="overrides of the demo spec: key.path=value"),
+    minutes: float = typer.Option(10.0, "--minutes", help="wall-time budget of the whole demo"),
+    workdir: Path = typer.Option(Path("."), "--workdir", help="where the storage, checkpoints, reports and "
+                                 "the exported config go"),
+    spec: Optional[Path] = typer.Option(None, "--spec", help="study spec [default: studies/demo.yaml]"),
+    top_k: int = typer.Option(3, "--top-k", help="trials promoted from the 1k search to the full sample"),
+) -> None:
+    """The whole loop on the bundled sample: search at 1k, promote to full, export, final training, BLEU."""
+    from mt_tune.demo import run_demo
+
+    run_demo(minutes, workdir, spec, list(overrides or []), top_k=top_k,
+             log=lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True))
+
+
 # --- entry point --------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import os
+import warnings
 from pathlib import Path
 
 import optuna
@@ -126,7 +127,9 @@ def _importances(study: optuna.Study, metric: str) -> str:
     if len(params) < 2:
         return _skipped("Parameter importances need at least 2 searched parameters.")
     try:
-        fig = optuna.visualization.plot_param_importances(study, target_name=metric)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "importances will be equal" on tied values
+            fig = optuna.visualization.plot_param_importances(study, target_name=metric)
     except (RuntimeError, ValueError) as e:  # e.g. every completed trial has the same value
         return _skipped(f"Parameter importances could not be computed: {e}")
     return _figure_html(fig, "importances")
