@@ -158,6 +158,7 @@ def check_forty_trials(study: optuna.Study, returncode: int, output: str) -> Non
     assert len(ran) == 4 and all(n > 0 for n in ran) and sum(ran) >= 40, output
 
 
+@pytest.mark.slow
 def test_four_processes_share_a_budget_of_40_on_postgresql(tmp_path, data_cache, fresh_postgres_url):
     new_study(data_cache, fresh_postgres_url, trials=40, max_steps=4)
     before = connections(fresh_postgres_url)
@@ -183,6 +184,7 @@ def test_four_processes_share_a_budget_of_40_on_postgresql(tmp_path, data_cache,
     assert 4 <= peak["n"] <= 2 * 4 + 1  # at most two per worker (main + heartbeat thread), +1 launcher
 
 
+@pytest.mark.slow
 def test_four_processes_share_a_budget_of_40_on_the_embedded_default(tmp_path, data_cache):
     new_study(data_cache, f"sqlite:///{tmp_path}/mt-tune.db", trials=40, max_steps=4)
     returncode, output = finish(start_worker(tmp_path, "--devices", "cpu", "--processes", "4"), timeout=240)
@@ -275,6 +277,7 @@ def restart(server, down_s: float) -> None:
     server._run("pg_ctl", "-D", str(server.data_dir), "-l", str(server.log_file), "-o", options, "-w", "start")
 
 
+@pytest.mark.slow
 def test_postgresql_restart_while_workers_run_loses_nothing(tmp_path, data_cache, own_postgres):
     server, url = own_postgres
     new_study(data_cache, url, trials=4, max_steps=40)
