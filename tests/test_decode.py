@@ -145,3 +145,78 @@ def test_evaluate_and_file_errors(copy_model, tok, sentences, tmp_path):
         evaluate(copy_model, tok, tok, ["a", "b"], ["a"])
     hyps, result = evaluate(copy_model, tok, tok, sentences[:10], sentences[:10])
     assert len(hyps) == 10 and result["bleu"] > 50
+
+
+# --- the translate and evaluate commands --------------------------------------------------
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    from mt_tune.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def checkpoint(copy_model, tok, tmp_path):
+    """The copy model saved the way `mt-tune train` saves a run."""
+    from mt_tune.checkpoint import CHECKPOINT_VERSION, bytes_to_tensor, save_atomic
+    from mt_tune.config import DataConfig, RunConfig, to_dict
+
+    cfg = RunConfig(data=DataConfig(format="sample"), model=copy_model.cfg)
+    path = tmp_path / "copy.pt"
+    spm_tensor = bytes_to_tensor(tok.model_bytes())
+    save_atomic({"version": CHECKPOINT_VERSION, "config": to_dict(cfg), "model": copy_model.state_dict(),
+                 "step": 200, "src_spm": spm_tensor, "tgt_spm": spm_tensor}, path)
+    return path
+
+
+def test_translate_command(checkpoint, sentences, tmp_path, capsys, monkeypatch):
+    texts = sentences[:6]
+    expected = translate(*_loaded(checkpoint), texts, beam=2)
+    src = tmp_path / "src.txt"
+    src.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    code, out, _ = run_cli(["translate", str(checkpoint), "-i", str(src), "--beam", "2", "--device", "cpu"], capsys)
+    assert code == 0 and out.splitlines() == expected
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(texts)))
+    code, out, _ = run_cli(["translate", str(checkpoint), "--beam", "2"], capsys)
+    assert code == 0 and out.splitlines() == expected
+
+
+def _loaded(path):
+    from mt_tune.train import load_checkpoint
+
+    model, _, src_tok, tgt_tok = load_checkpoint(path)
+    return model, src_tok, tgt_tok
+
+
+def test_evaluate_command(checkpoint, sentences, tmp_path, capsys):
+    src, ref = tmp_path / "src.txt", tmp_path / "ref.txt"
+    src.write_text("\n".join(sentences[:20]), encoding="utf-8")
+    ref.write_text("\n".join(sentences[:20]), encoding="utf-8")
+    code, out, _ = run_cli(["evaluate", str(checkpoint), "--src", str(src), "--ref", str(ref), "--beam", "1"], capsys)
+    assert code == 0
+    bleu_line, chrf_line = out.splitlines()
+    assert bleu_line.startswith("BLEU ") and float(bleu_line.split()[1]) > 50 and "tok:13a" in bleu_line
+    assert chrf_line.startswith("chrF ") and "nc:6" in chrf_line
+
+
+def test_commands_reject_bad_files(checkpoint, tmp_path, capsys):
+    src = tmp_path / "src.txt"
+    src.write_text("cat dog\n", encoding="utf-8")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(checkpoint.read_bytes()[:200])
+    for argv, message in [
+        (["translate", str(corrupt), "-i", str(src)], "corrupt.pt"),
+        (["translate", str(checkpoint), "-i", str(tmp_path / "none.txt")], "none.txt: no such file"),
+        (["evaluate", str(checkpoint), "--src", str(src), "--ref", str(tmp_path / "none.txt")], "none.txt"),
+        (["evaluate", str(checkpoint), "--src", str(src), "--ref", str(checkpoint)], "not UTF-8"),
+    ]:
+        code, out, err = run_cli(argv, capsys)
+        assert code == 2, argv
+        assert message in err and "Traceback" not in err

@@ -134,3 +134,29 @@ def test_helpers():
     assert amp_for_device(TrainConfig(device="auto")) == "bf16"
     assert amp_for_device(TrainConfig(device="cuda", amp="fp16")) == "fp16"
     assert format_bytes(3 * 2**30) == "3.00 GiB" and format_bytes(512) == "512 B"
+
+
+def test_estimate_command(tmp_path, capsys):
+    from mt_tune.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text("data: {format: sample, vocab_size: 1000}\n"
+                      "model: {d_model: 64, n_heads: 4, enc_layers: 1, dec_layers: 1, ffn_dim: 128}\n", encoding="utf-8")
+
+    def run(*argv):
+        try:
+            main(["estimate", str(config), *argv])
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+        return code, capsys.readouterr()
+
+    code, captured = run("model.grad_checkpointing=true", "train.device=cpu")
+    expected = count_params(ModelConfig(d_model=64, n_heads=4, enc_layers=1, dec_layers=1, ffn_dim=128,
+                                        src_vocab_size=1000, tgt_vocab_size=1000))
+    assert code == 0
+    assert f"parameters: {expected:,}" in captured.out
+    for component in ("weights", "activations", "logits", "recompute", "total"):
+        assert component in captured.out
+    code, captured = run("model.norm=middle")
+    assert code == 2 and "model.norm" in captured.err and "pre, post" in captured.err

@@ -161,6 +161,85 @@ def _run_summary(result):
     return table
 
 
+# --- model --------------------------------------------------------------------------------
+
+
+@app.command()
+def estimate(
+    config: Path = typer.Argument(..., help="training config YAML (data, model and train sections)"),
+    overrides: Optional[list[str]] = OVERRIDES,
+) -> None:
+    """Parameter count and estimated peak training memory of a config (vocabulary sizes left at 0
+    are taken as data.vocab_size; amp auto is assumed to be bf16 unless train.device is cpu)."""
+    from rich.table import Table
+
+    from mt_tune.config import load_run_config
+    from mt_tune.memory import estimate_run, format_bytes
+
+    cfg = load_run_config(config, list(overrides or []))
+    result = estimate_run(cfg)
+    model, memory = result["model"], result["memory"]
+    out.print(f"parameters: {result['params']:,} (d_model {model.d_model}, {model.enc_layers}+{model.dec_layers} "
+              f"layers, vocab {model.src_vocab_size}/{model.tgt_vocab_size})", highlight=False)
+    out.print(f"peak training memory for max_tokens {cfg.train.max_tokens}, amp {result['amp'] or 'off'}, device "
+              f"{cfg.train.device}, grad_checkpointing {str(model.grad_checkpointing).lower()}:", highlight=False)
+    table = Table()
+    table.add_column("component")
+    table.add_column("bytes", justify="right")
+    for name, value in memory.items():
+        table.add_row(name, format_bytes(value), style="bold" if name == "total" else None)
+    out.print(table)
+
+
+def _pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+BEAM = typer.Option(4, "--beam", min=1, help="beam size (1: greedy)")
+DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N")
+
+
+@app.command()
+def translate(
+    checkpoint: Path = typer.Argument(..., help="a checkpoint written by mt-tune train (last.pt or best.pt)"),
+    input_file: Optional[Path] = typer.Option(None, "-i", "--input", help="source sentences, one a line "
+                                              "[default: standard input]"),
+    beam: int = BEAM,
+    device: str = DEVICE,
+) -> None:
+    """Translate sentences, one a line, to standard output in the same order."""
+    from mt_tune.decode import read_lines, translate as translate_texts
+    from mt_tune.train import load_checkpoint
+
+    lines = read_lines(input_file, "input file") if input_file else sys.stdin.read().splitlines()
+    model, _, src_tok, tgt_tok = load_checkpoint(checkpoint, _pick_device(device))
+    for line in translate_texts(model, src_tok, tgt_tok, lines, beam=beam):
+        sys.stdout.write(line + "\n")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="a checkpoint written by mt-tune train (last.pt or best.pt)"),
+    src: Path = typer.Option(..., "--src", help="source sentences, one a line"),
+    ref: Path = typer.Option(..., "--ref", help="reference translations, one a line"),
+    beam: int = BEAM,
+    device: str = DEVICE,
+) -> None:
+    """Translate --src and score it against --ref: BLEU and chrF with their sacrebleu signatures."""
+    from mt_tune.decode import evaluate as evaluate_model, read_lines
+    from mt_tune.train import load_checkpoint
+
+    sources, refs = read_lines(src, "source file"), read_lines(ref, "reference file")
+    model, run_cfg, src_tok, tgt_tok = load_checkpoint(checkpoint, _pick_device(device))
+    _, scores = evaluate_model(model, src_tok, tgt_tok, sources, refs, tgt_lang=run_cfg.data.tgt_lang, beam=beam)
+    out.print(f"BLEU {scores['bleu']:.2f}  {scores['bleu_signature']}", highlight=False)
+    out.print(f"chrF {scores['chrf']:.2f}  {scores['chrf_signature']}", highlight=False)
+
+
 # --- search -------------------------------------------------------------------------------
 
 study_app = typer.Typer(help="Create, list, show and delete studies.", no_args_is_help=True)

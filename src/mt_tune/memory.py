@@ -164,6 +164,16 @@ def amp_for_device(train_cfg) -> str | None:
     return None if train_cfg.amp == "off" else train_cfg.amp
 
 
+def estimate_run(run_cfg) -> dict:
+    """What `mt-tune estimate` shows for a training config: the model config (vocabulary sizes
+    filled from data.vocab_size where unset), the autocast dtype assumed, the parameter count and
+    the memory breakdown."""
+    model_cfg = with_vocab_sizes(run_cfg.model, run_cfg.data.vocab_size)
+    amp = amp_for_device(run_cfg.train)
+    return {"model": model_cfg, "amp": amp, "params": count_params(model_cfg),
+            "memory": estimate_memory(model_cfg, run_cfg.train, amp)}
+
+
 def format_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
