@@ -259,11 +259,14 @@ def study_create(
     exists_ok: bool = typer.Option(False, "--exists-ok", help="reuse an existing study if its spec is identical"),
 ) -> None:
     """Validate a spec and store it as a new study (nothing is written for an invalid spec)."""
+    import optuna
+
     from mt_tune.config import format_scale
     from mt_tune.search.spec import load_spec
     from mt_tune.search.storage import mask_url, resolve_url
     from mt_tune.search.study import create_study
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "study created" line repeats ours
     spec = load_spec(spec_path, list(overrides or []))
     study = create_study(spec, name=name, storage_url=storage, exists_ok=exists_ok)
     out.print(f"study {study.study_name!r} in {mask_url(resolve_url(storage or spec.storage))}: "

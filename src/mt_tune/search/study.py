@@ -201,7 +201,7 @@ def study_view(info: dict) -> Group:
         best.add_row(str(r["number"]), _fmt(r["value"]), _fmt(r["best_step"]), _fmt(r["stop_reason"]), params)
     trials = Table(title="trials")
     for col in ("trial", "state", info["metric"], "stop reason", "steps", "tokens/s", "wall s", "params (M)"):
-        trials.add_column(col, justify="left" if col in ("state", "stop reason") else "right")
+        trials.add_column(col, justify="left" if col in ("state", "stop reason") else "right", no_wrap=True)
     for r in info["trials"]:
         trials.add_row(str(r["number"]), r["state"], _fmt(r["value"]), _fmt(r["stop_reason"]), _fmt(r["steps"]),
                        _fmt(round(r["tokens_per_s"]) if r["tokens_per_s"] else None),
