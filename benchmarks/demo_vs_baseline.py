@@ -1,6 +1,6 @@
 """The demo against the fixed baseline, in the same wall-time budget, on the same held-out set.
 
-    python benchmarks/demo_vs_baseline.py [--minutes 10] [--workdir /tmp/mt-tune-demo-bench]
+    python benchmarks/demo_vs_baseline.py [--minutes 10] [--workdir /tmp/mt-tune-demo-bench] [--spec SPEC]
 
 Runs, one after the other, each in its own process:
   baseline: mt-tune train studies/baseline.yaml train.max_minutes=M
@@ -42,6 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/mt-tune-demo-bench"))
+    ap.add_argument("--spec", type=Path, default=None, help="demo spec [default: studies/demo.yaml]")
     args = ap.parse_args()
     work = args.workdir.resolve()
     shutil.rmtree(work, ignore_errors=True)
@@ -55,7 +56,8 @@ def main() -> None:
                      "--out", str(work / "baseline")], work / "baseline.log")
     results["baseline"] = (heldout_score(work / "baseline" / "best.pt"), wall, cpu, os.getloadavg()[0])
     print(f"baseline done, load average {os.getloadavg()[0]:.1f}", flush=True)
-    wall, cpu = run([*mt_tune, "demo", "--minutes", str(args.minutes), "--workdir", str(work / "demo"), cache],
+    spec = ["--spec", str(args.spec.resolve())] if args.spec else []
+    wall, cpu = run([*mt_tune, "demo", "--minutes", str(args.minutes), "--workdir", str(work / "demo"), *spec, cache],
                     work / "demo.log")
     results["demo"] = (heldout_score(work / "demo" / "demo-final" / "best.pt"), wall, cpu, os.getloadavg()[0])
 

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from mt_tune.cli import main
+from mt_tune.data import prepare
 from mt_tune.demo import default_spec_path, plan
 from mt_tune.errors import UserError
 from mt_tune.search.spec import load_spec
@@ -39,9 +40,12 @@ def test_plan_splits_the_budget():
         plan(0.5, trials=8, top_k=3)
 
 
-def test_the_shipped_demo_spec_is_valid():
-    spec = load_spec(default_spec_path())
-    assert spec.data["format"] == "sample" and spec.budget.trials >= 3
+def test_the_shipped_demo_spec_works_at_the_search_scale(tmp_path):
+    """studies/demo.yaml is valid, and its data (vocabulary size included) can be prepared at 1k."""
+    spec = load_spec(default_spec_path(), ["data.scale=1k", f"data.cache_dir={tmp_path}"])
+    assert spec.data["format"] == "sample" and spec.budget.trials >= 3 and spec.search
+    data = prepare(spec.run_config().data)
+    assert len(data.train) == 1000 and len(data.valid) == 500
 
 
 def test_demo_runs_the_whole_loop(tmp_path, capsys):

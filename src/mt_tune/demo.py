@@ -158,8 +158,8 @@ def _run(minutes: float, workdir: str | Path, spec_path: str | Path | None, over
         f"at full), final training {p.final:.1f} min; storage {url}")
 
     phase(f"1/5 search: study {search_name!r} at the {SEARCH_SCALE} scale, metric {spec.metric}")
-    log(f"   (the same by hand: mt-tune study create {spec_path} data.scale={SEARCH_SCALE} --name {search_name}"
-        f" && mt-tune worker {search_name})")
+    log(f"   (the same by hand: mt-tune study create {spec_path} data.scale={SEARCH_SCALE} "
+        f"budget.max_minutes={p.per_search_trial:.2f} --name {search_name} && mt-tune worker {search_name})")
     study = create_study(spec, name=search_name, storage_url=url)
     study.set_user_attr(DEMO_MARK, True)
     run_worker(search_name, url, artifacts=str(artifacts), log=lambda line: log("   " + line))
