@@ -139,3 +139,15 @@ def test_real_run_stops_diverged_with_its_best_value_and_checkpoint(real_run):
     for key in ("scale", "n_params", "tokens_per_s", "peak_memory", "device", "wall_s", "chrf", "val_loss"):
         assert key in a, key
     assert a["scale"] == "1k" and a["device"] == "cpu" and a["n_params"] > 0
+
+
+def test_a_sampled_combination_that_cannot_run_is_pruned_invalid_config(tmp_path):
+    """share_embeddings needs a joint vocabulary: each value is valid alone, the pair is not."""
+    spec = make_spec(lambda r: r.update(search={"data.joint_vocab": {"type": "categorical", "choices": [True, False]}}))
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = create_study(spec, storage_url=url)
+    study.enqueue_trial({"data.joint_vocab": False})
+    study.optimize(Objective(spec, "obj", open_storage(url), artifacts=tmp_path / "artifacts"), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED and trial.user_attrs["stop_reason"] == "invalid_config"
+    assert "model.share_embeddings: needs data.joint_vocab: true" in trial.user_attrs["error"]

@@ -151,3 +151,21 @@ def test_worker_errors_are_user_errors(env):
         run_worker("w", url, device="tpu")
     with pytest.raises(UserError, match="--n-trials: must be >= 1"):
         run_worker("w", url, n_trials=0)
+
+
+def test_a_trial_that_finds_the_budget_taken_ends_without_training(env, monkeypatch):
+    """Two workers both saw one trial left; the later one's trial ends at once, FAIL over_budget."""
+    import mt_tune.search.worker as worker
+
+    url, artifacts, create = env
+    study = create(lambda r: r.update(budget={"trials": 1, "max_steps": 10}))
+    study.ask()  # the other worker's trial, running
+    # This worker's check ran just before the other worker asked: it saw a free slot.
+    real_budget_used = worker.budget_used
+    monkeypatch.setattr(worker, "budget_used", lambda s: 0 if len(s.trials) < 2 else real_budget_used(s))
+    summary = run_worker("w", url, artifacts=str(artifacts), log=lambda line: None)
+    surplus = optuna.load_study(study_name="w", storage=url).trials[1]
+    assert surplus.state == TrialState.FAIL and surplus.user_attrs["stop_reason"] == "over_budget"
+    assert "history" not in surplus.user_attrs and not (artifacts / "w" / "1").exists()
+    assert summary["trials_run"] == 0
+    assert budget_used(study) == 1  # the surplus trial does not count
