@@ -385,7 +385,8 @@ def _open(url: str, create_schema: bool) -> optuna.storages.BaseStorage:
                 raise StorageUnavailable(
                     f"storage {mask_url(url)} unreachable after {OPEN_ATTEMPTS} attempts: {_scrub(_one_line(e), url)}"
                 ) from None
-            log.warning("storage %s unreachable (%s); attempt %d of %d in %.1f s", mask_url(url), _scrub(_one_line(e), url), attempt + 1, OPEN_ATTEMPTS, delay)
+            # INFO, not WARNING: what the user sees of an unreachable server is one error line.
+            log.info("storage %s unreachable (%s); attempt %d of %d in %.1f s", mask_url(url), _scrub(_one_line(e), url), attempt + 1, OPEN_ATTEMPTS, delay)
             time.sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")
