@@ -37,6 +37,15 @@ def test_roundtrip(tmp_path):
     assert shard_files_ok(tmp_path)
 
 
+def test_lengths_are_read_in_blocks(tmp_path):
+    from mt_tune.data.shards import _lengths
+
+    pairs = [([7] * (i % 5), [8] * (i % 3 + 1)) for i in range(23)]
+    write_shard(tmp_path, pairs)
+    src, tgt = _lengths(tmp_path / "train.idx", block_rows=4)
+    assert src.tolist() == [i % 5 for i in range(23)] and tgt.tolist() == [i % 3 + 1 for i in range(23)]
+
+
 def test_wide_vocab_uses_uint32(tmp_path):
     assert ids_dtype(65535) == np.uint16 and ids_dtype(65536) == np.uint32
     write_shard(tmp_path, [([70000, 3], [65536])], vocab_size=80000)

@@ -13,6 +13,7 @@ shards-<scale>-<key>/. A second run with the same corpus and settings is a cache
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -309,7 +310,13 @@ def _pool(n_tasks: int):
 def _new_pool(workers: int, **kw):
     # fork: the workers inherit the imported modules instead of importing them again
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return multiprocessing.get_context(method).Pool(workers, **kw)
+    # Frozen objects are skipped by the workers' garbage collector, which would otherwise
+    # touch, and so copy, every page of the parent's heap (torch alone is ~100 MB a worker).
+    gc.freeze()
+    try:
+        return multiprocessing.get_context(method).Pool(workers, **kw)
+    finally:
+        gc.unfreeze()
 
 
 def _ordered_map(pool, fn, items: Iterable) -> Iterator:

@@ -57,9 +57,7 @@ class Shard:
         self._index = _memmap(self.directory / f"{split}.idx", np.dtype(np.int64)).reshape(-1, 2)
         self._src = _memmap(self.directory / f"{split}.src.bin", self.dtype)
         self._tgt = _memmap(self.directory / f"{split}.tgt.bin", self.dtype)
-        starts = np.asarray(self._index)
-        self.src_lens = np.diff(starts[:, 0]).astype(np.int32)
-        self.tgt_lens = np.diff(starts[:, 1]).astype(np.int32)
+        self.src_lens, self.tgt_lens = _lengths(self.directory / f"{split}.idx")
 
     def __len__(self) -> int:
         return len(self.src_lens)
@@ -70,6 +68,24 @@ class Shard:
 
     def __repr__(self) -> str:
         return f"Shard({self.directory.name}/{self.split}, {len(self)} pairs)"
+
+
+def _lengths(index_path: Path, block_rows: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Sentence lengths per side from the offset index, read in blocks: plain reads leave the
+    index in the page cache instead of in this process's memory (as touched memmap pages)."""
+    n = index_path.stat().st_size // 16 - 1
+    src, tgt = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
+    with open(index_path, "rb") as f:
+        prev = np.fromfile(f, dtype=np.int64, count=2).reshape(1, 2)
+        done = 0
+        while done < n:
+            block = np.fromfile(f, dtype=np.int64, count=2 * block_rows).reshape(-1, 2)
+            diff = np.diff(np.concatenate([prev, block]), axis=0)
+            src[done:done + len(diff)] = diff[:, 0]
+            tgt[done:done + len(diff)] = diff[:, 1]
+            done += len(diff)
+            prev = block[-1:]
+    return src, tgt
 
 
 def _memmap(path: Path, dtype: np.dtype) -> np.ndarray:
