@@ -465,6 +465,8 @@ class Trainer:
                 if at_log:
                     self.log(f"step {self.step:>6} | loss {info['loss']:.3f} | lr {info['lr']:.2e} | "
                              f"{info['tok_s']:,.0f} tok/s | {(self.step - first_step) / max(train_s, 1e-9):.2f} upd/s")
+            if self.on_step is not None and self.dist.is_main:
+                self.on_step(self.step, info)
             if at_eval or time_up:
                 t_eval = time.perf_counter()
                 window_s = t_eval - window_start
@@ -486,16 +488,14 @@ class Trainer:
                             hook(self, result)
                     except StopTraining as s:
                         stop = s.reason
+                eval_s += time.perf_counter() - t_eval
                 if self._agree(stop is not None):
                     stop_reason = stop or "stopped"
                     break
-                eval_s += time.perf_counter() - t_eval
                 window_tokens, window_start, window_losses = 0, time.perf_counter(), []
                 if time_up:
                     stop_reason = "max_minutes"
                     break
-            if self.on_step is not None and self.dist.is_main:
-                self.on_step(self.step, info)
 
         wall = time.perf_counter() - start
         train_s = max(wall - eval_s, 1e-9)
