@@ -33,7 +33,7 @@ BASE = {
     "name": "pruning",
     "data": {"format": "sample", "scale": "1k", "vocab_size": 2000, "valid_size": 500},
     "model": {"d_model": 64, "n_heads": 4, "enc_layers": 1, "dec_layers": 1, "ffn_dim": 256},
-    "train": {"max_tokens": 1024, "warmup_steps": 100, "eval_every": 50, "bleu_sentences": 60, "log_every": 50,
+    "train": {"max_tokens": 512, "warmup_steps": 100, "eval_every": 40, "bleu_sentences": 60, "log_every": 50,
               "threads": 1},
     "search": {
         "train.lr": {"type": "float", "low": 3.0e-4, "high": 1.0e-2, "log": True},
@@ -81,8 +81,8 @@ def steps_to_reach(trials: list, target: float) -> int | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument("--max-steps", type=int, default=500)
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--max-steps", type=int, default=400)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mt-tune-pruning"))
     args = parser.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
