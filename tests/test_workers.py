@@ -58,7 +58,9 @@ def data_cache(tmp_path_factory) -> Path:
     return cache
 
 
-def env_for(heartbeat: int = 1, grace: int = 2, **extra: str) -> dict:
+def env_for(heartbeat: int = 1, grace: int = 30, **extra: str) -> dict:
+    # A grace of a few seconds would declare live trials dead on a busy machine (their
+    # heartbeat thread waiting for a CPU); only the kill -9 test shortens it.
     env = {**os.environ, "MT_TUNE_HEARTBEAT_INTERVAL": str(heartbeat), "MT_TUNE_HEARTBEAT_GRACE": str(grace),
            "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb", **extra}
     env.pop("MT_TUNE_STORAGE", None)
@@ -151,7 +153,8 @@ def check_forty_trials(study: optuna.Study, returncode: int, output: str) -> Non
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 40, by_state(study)
     # Workers racing for the last trial: the later one gives it up at once, untrained.
-    assert all(t.user_attrs.get("stop_reason") == "over_budget" for t in trials if t.state != TrialState.COMPLETE)
+    others = [(t.number, t.state.name, t.user_attrs.get("stop_reason")) for t in trials if t.state != TrialState.COMPLETE]
+    assert all(reason == "over_budget" for _, _, reason in others), others
     # Each of the four processes ran trials, and they add up to the budget.
     per_process = re.search(r"workers done in \d+ s \((.*?)\);", output).group(1).split("; ")
     ran = [int(re.fullmatch(r"cpu:\d: (\d+) trials", p).group(1)) for p in per_process]
@@ -199,7 +202,7 @@ def test_kill_9_mid_trial_is_retried_from_its_last_checkpoint(tmp_path, data_cac
     storage = f"sqlite:///{tmp_path}/mt-tune.db"
     new_study(data_cache, storage, trials=2, max_steps=40)
     study = load(storage)
-    victim = start_worker(tmp_path, "--device", "cpu")
+    victim = start_worker(tmp_path, "--device", "cpu", env=env_for(grace=2))
     last = tmp_path / "mt-tune-artifacts" / "tiny" / "0" / "last.pt"
     wait_for(lambda: last.is_file() and study.get_trials(deepcopy=False)[0].intermediate_values, 90,
              "a first evaluation and checkpoint")
@@ -208,7 +211,7 @@ def test_kill_9_mid_trial_is_retried_from_its_last_checkpoint(tmp_path, data_cac
     assert study.get_trials(deepcopy=False)[0].state == TrialState.RUNNING  # nobody told Optuna
     time.sleep(3)  # past the grace period (2 s): the trial's heartbeat has stopped
 
-    returncode, output = finish(start_worker(tmp_path, "--device", "cpu"))
+    returncode, output = finish(start_worker(tmp_path, "--device", "cpu", env=env_for(grace=2)))
     assert returncode == 0, output
     trials = study.get_trials(deepcopy=False)
     assert trials[0].state == TrialState.FAIL
