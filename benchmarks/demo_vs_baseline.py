@@ -66,7 +66,8 @@ def main() -> None:
         print(f"{name:<10}{s['bleu']:>8.2f}{s['chrf']:>8.2f}{wall / 60:>10.1f}{cpu / 60:>9.1f}{load:>7.1f}  "
               f"{s['n_sentences']}")
     b, d = results["baseline"][0], results["demo"][0]
-    print(f"\ndemo / baseline: BLEU x{d['bleu'] / max(b['bleu'], 1e-9):.2f} ({d['bleu'] - b['bleu']:+.2f}), "
+    ratio = f"x{d['bleu'] / b['bleu']:.2f} " if b["bleu"] > 0 else ""
+    print(f"\ndemo / baseline: BLEU {ratio}({d['bleu'] - b['bleu']:+.2f} points), "
           f"chrF x{d['chrf'] / max(b['chrf'], 1e-9):.2f}")
     print(f"signature: {d['bleu_signature']}")
     print(f"logs: {work / 'baseline.log'}, {work / 'demo.log'}")
