@@ -76,8 +76,8 @@ class SamplerSpec:
                                              "(null: a third of budget.trials, at least 2, at most 10)")
 
     def validate(self, where: str) -> None:
-        if self.n_startup_trials is not None and self.n_startup_trials < 0:
-            raise ConfigError(f"{where}.n_startup_trials: must be >= 0, got {self.n_startup_trials}")
+        if self.n_startup_trials is not None:
+            _at_least(self, where, 0, "n_startup_trials")
 
 
 @dataclass
@@ -90,13 +90,9 @@ class PrunerSpec:
     reduction_factor: int = opt(3, "successive_halving / hyperband: 1/N of the trials go on at each rung")
 
     def validate(self, where: str) -> None:
-        for name in ("n_startup_trials", "n_warmup_evals"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{where}.{name}: must be >= 0, got {getattr(self, name)}")
-        if self.min_resource_evals < 1:
-            raise ConfigError(f"{where}.min_resource_evals: must be >= 1, got {self.min_resource_evals}")
-        if self.reduction_factor < 2:
-            raise ConfigError(f"{where}.reduction_factor: must be >= 2, got {self.reduction_factor}")
+        _at_least(self, where, 0, "n_startup_trials", "n_warmup_evals")
+        _at_least(self, where, 1, "min_resource_evals")
+        _at_least(self, where, 2, "reduction_factor")
 
 
 @dataclass
@@ -110,10 +106,8 @@ class StoppingSpec:
                              choices=["complete", "prune"])
 
     def validate(self, where: str) -> None:
-        if self.patience < 1:
-            raise ConfigError(f"{where}.patience: must be >= 1, got {self.patience}")
-        if self.min_delta < 0:
-            raise ConfigError(f"{where}.min_delta: must be >= 0, got {self.min_delta}")
+        _at_least(self, where, 1, "patience")
+        _at_least(self, where, 0, "min_delta")
 
 
 @dataclass
@@ -123,12 +117,14 @@ class BudgetSpec:
     max_minutes: float = opt(0.0, "wall time per trial (0: train.max_minutes)")
 
     def validate(self, where: str) -> None:
-        if self.trials < 1:
-            raise ConfigError(f"{where}.trials: must be >= 1, got {self.trials}")
-        if self.max_steps < 0:
-            raise ConfigError(f"{where}.max_steps: must be >= 0, got {self.max_steps}")
-        if self.max_minutes < 0:
-            raise ConfigError(f"{where}.max_minutes: must be >= 0, got {self.max_minutes}")
+        _at_least(self, where, 1, "trials")
+        _at_least(self, where, 0, "max_steps", "max_minutes")
+
+
+def _at_least(obj: Any, where: str, minimum: float, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) < minimum:
+            raise ConfigError(f"{where}.{name}: must be >= {minimum}, got {getattr(obj, name)}")
 
 
 # --- one dimension of the search space ----------------------------------------------------
