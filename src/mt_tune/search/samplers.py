@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+import zlib
 
 import optuna
 
@@ -17,8 +19,23 @@ def startup_trials(spec: StudySpec) -> int:
     return max(2, min(10, spec.budget.trials // 3))
 
 
-def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    seed, kind = spec.sampler.seed, spec.sampler.type
+STREAM_ENV = "MT_TUNE_SAMPLER_STREAM"
+
+
+def worker_seed(seed: int | None, stream: str | None = None) -> int | None:
+    """The spec's seed, made distinct per worker process.
+
+    Workers that share a study and a seed would draw the same start-up trials; the launcher
+    names each process's stream (host and slot) in $MT_TUNE_SAMPLER_STREAM, and the seed is
+    mixed with it. A process run on its own (no stream) keeps the spec's seed exactly."""
+    stream = stream if stream is not None else os.environ.get(STREAM_ENV)
+    if seed is None or not stream:
+        return seed
+    return zlib.crc32(f"{seed}/{stream}".encode()) & 0x7FFFFFFF
+
+
+def build_sampler(spec: StudySpec, stream: str | None = None) -> optuna.samplers.BaseSampler:
+    seed, kind = worker_seed(spec.sampler.seed, stream), spec.sampler.type
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +34,7 @@ from mt_tune.errors import UserError
 from mt_tune.search.storage import ENV_VAR, close_storages, mask_url, resolve_url
 
 SUMMARY_MARK = "mt-tune-worker-summary "
+SAMPLER_STREAM_ENV = "MT_TUNE_SAMPLER_STREAM"  # samplers.STREAM_ENV; not imported: it pulls in torch
 EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
 
 
@@ -180,7 +182,9 @@ def launch_workers(
     summaries: dict[str, dict] = {}
     relays = []
     for slot in slots:
-        env = {**os.environ, ENV_VAR: url, "CUDA_VISIBLE_DEVICES": slot.visible_gpus, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, ENV_VAR: url, "CUDA_VISIBLE_DEVICES": slot.visible_gpus, "PYTHONUNBUFFERED": "1",
+               # distinct sampler seeds per process, on this and every other machine
+               SAMPLER_STREAM_ENV: f"{socket.gethostname()}/{slot.label}"}
         child = subprocess.Popen(
             [sys.executable, "-m", "mt_tune.search.workers", study_name, str(n_trials or "-"), slot.device, str(artifacts)],
             env=env,
