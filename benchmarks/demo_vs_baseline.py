@@ -1,21 +1,22 @@
-"""The demo against the fixed baseline, in the same wall-time budget, on the same held-out set.
+"""The demo against the fixed baseline, with the same CPU time, on the same held-out set.
 
     python benchmarks/demo_vs_baseline.py [--minutes 10] [--workdir /tmp/mt-tune-demo-bench] [--spec SPEC]
 
-Runs, one after the other, each in its own process:
-  baseline: mt-tune train studies/baseline.yaml train.max_minutes=M
-  demo:     mt-tune demo --minutes M
-then scores both final checkpoints (best.pt) on the 500 held-out validation pairs with the
-same greedy decoding and prints BLEU, chrF, wall and CPU time of each, and the ratio
-demo / baseline. The machine's load average is printed too: other processes on the CPU slow
-both runs, and with them how far a fixed number of minutes gets.
+Runs side by side, each in its own process with one torch thread (pinned to its own core
+where `taskset` exists), for the same wall-time budget:
+  baseline: mt-tune train studies/baseline.yaml train.max_minutes=M train.threads=1
+  demo:     mt-tune demo --minutes M train.threads=1
+Running them at the same time with one core each gives both the same CPU time even on a
+machine that other jobs share, where two runs one after the other would meet different loads.
+Both final checkpoints (best.pt) are then scored on the 500 held-out validation pairs with the
+same greedy decoding. Printed: BLEU, chrF, wall and CPU time of each, the load average, and
+demo / baseline.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -27,15 +28,19 @@ from mt_tune.demo import heldout_score
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(cmd: list[str], log_path: Path) -> tuple[float, float]:
-    """Run a command with its output in log_path; (wall seconds, CPU seconds of the child)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=REPO)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return time.perf_counter() - start, cpu
+def start(cmd: list[str], log_path: Path, core: int) -> subprocess.Popen:
+    if shutil.which("taskset") and (os.cpu_count() or 1) > core:
+        cmd = ["taskset", "-c", str(core), *cmd]
+    return subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def wait(proc: subprocess.Popen) -> tuple[float, float]:
+    """(CPU seconds, wall seconds since start) of a finished child; raises if it failed."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{proc.args} failed with exit status {proc.returncode}")
+    return usage.ru_utime + usage.ru_stime, time.perf_counter()
 
 
 def main() -> None:
@@ -48,27 +53,40 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     mt_tune = [sys.executable, "-m", "mt_tune.cli"]
-    cache = f"data.cache_dir={work / 'cache'}"
-
-    results = {}
-    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
-    wall, cpu = run([*mt_tune, "train", "studies/baseline.yaml", f"train.max_minutes={args.minutes}", cache,
-                     "--out", str(work / "baseline")], work / "baseline.log")
-    results["baseline"] = (heldout_score(work / "baseline" / "best.pt"), wall, cpu, os.getloadavg()[0])
-    print(f"baseline done, load average {os.getloadavg()[0]:.1f}", flush=True)
+    common = [f"data.cache_dir={work / 'cache'}", "train.threads=1"]
     spec = ["--spec", str(args.spec.resolve())] if args.spec else []
-    wall, cpu = run([*mt_tune, "demo", "--minutes", str(args.minutes), "--workdir", str(work / "demo"), *spec, cache],
-                    work / "demo.log")
-    results["demo"] = (heldout_score(work / "demo" / "demo-final" / "best.pt"), wall, cpu, os.getloadavg()[0])
 
-    print(f"\n{'run':<10}{'BLEU':>8}{'chrF':>8}{'wall min':>10}{'CPU min':>9}{'load':>7}  sentences")
-    for name, (s, wall, cpu, load) in results.items():
-        print(f"{name:<10}{s['bleu']:>8.2f}{s['chrf']:>8.2f}{wall / 60:>10.1f}{cpu / 60:>9.1f}{load:>7.1f}  "
-              f"{s['n_sentences']}")
-    b, d = results["baseline"][0], results["demo"][0]
+    # The vocabulary and shards of both data configs first, so neither run's clock pays for them.
+    demo_spec = str(args.spec or "studies/demo.yaml")
+    for cmd in ([*mt_tune, "data", "prepare", "studies/baseline.yaml", common[0]],
+                [*mt_tune, "data", "prepare", demo_spec, common[0]],
+                [*mt_tune, "data", "prepare", demo_spec, common[0], "data.scale=1k"]):
+        subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+
+    load_before = os.getloadavg()[0]
+    print(f"load average before: {load_before:.1f} on {os.cpu_count()} CPUs", flush=True)
+    t0 = time.perf_counter()
+    baseline = start([*mt_tune, "train", "studies/baseline.yaml", f"train.max_minutes={args.minutes}", *common,
+                      "--out", str(work / "baseline")], work / "baseline.log", core=0)
+    demo = start([*mt_tune, "demo", "--minutes", str(args.minutes), "--workdir", str(work / "demo"), *spec,
+                  *common], work / "demo.log", core=1)
+    cpu = {}
+    for name, proc in (("baseline", baseline), ("demo", demo)):
+        seconds, end = wait(proc)
+        cpu[name] = (seconds, end - t0)
+    load_after = os.getloadavg()[0]
+
+    scores = {"baseline": heldout_score(work / "baseline" / "best.pt"),
+              "demo": heldout_score(work / "demo" / "demo-final" / "best.pt")}
+    print(f"\n{'run':<10}{'BLEU':>8}{'chrF':>8}{'wall min':>10}{'CPU min':>9}  held-out sentences")
+    for name, s in scores.items():
+        seconds, wall = cpu[name]
+        print(f"{name:<10}{s['bleu']:>8.2f}{s['chrf']:>8.2f}{wall / 60:>10.1f}{seconds / 60:>9.1f}  {s['n_sentences']}")
+    b, d = scores["baseline"], scores["demo"]
     ratio = f"x{d['bleu'] / b['bleu']:.2f} " if b["bleu"] > 0 else ""
     print(f"\ndemo / baseline: BLEU {ratio}({d['bleu'] - b['bleu']:+.2f} points), "
           f"chrF x{d['chrf'] / max(b['chrf'], 1e-9):.2f}")
+    print(f"load average: {load_before:.1f} before, {load_after:.1f} after")
     print(f"signature: {d['bleu_signature']}")
     print(f"logs: {work / 'baseline.log'}, {work / 'demo.log'}")
 
