@@ -13,7 +13,7 @@ from mt_tune.checkpoint import load_checkpoint
 from mt_tune.cli import main
 from mt_tune.config import RunConfig, build_run_config, to_dict
 from mt_tune.data import Batch, prepare
-from mt_tune.errors import UserError
+from mt_tune.errors import ConfigError, UserError
 from mt_tune.memory import estimate_memory
 from mt_tune.train import NaNLossError, OutOfMemoryError, StopTraining, Trainer, lr_at
 
@@ -112,6 +112,15 @@ def test_accumulating_two_batches_equals_one_batch_of_both(raw_config, data):
     for name in grads_accum:
         torch.testing.assert_close(grads_accum[name], grads_single[name], rtol=1e-4, atol=1e-6, msg=name)
     assert accumulating._loss_sum.item() == pytest.approx(single._loss_sum.item(), rel=1e-5)
+
+
+def test_bf16_autocast_trains_on_cpu_and_fp16_needs_cuda(raw_config, data):
+    result = Trainer(make_config(raw_config, amp="bf16", max_steps=4, eval_every=4), None, data=data,
+                     log=quiet).fit()
+    assert result.steps == 4 and math.isfinite(result.history[-1].val_loss)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="train.amp: fp16 needs a CUDA device"):
+            Trainer(make_config(raw_config, amp="fp16"), None, data=data, log=quiet)
 
 
 # --- a whole run, checkpoints and resume ---------------------------------------------------

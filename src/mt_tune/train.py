@@ -214,8 +214,6 @@ class Trainer:
         if tc.threads > 0:
             torch.set_num_threads(tc.threads)
         self.amp_dtype = pick_amp_dtype(tc.amp, self.device)
-        self.autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
-                         else nullcontext())
 
         seed_everything(tc.seed)
         self.data = data if data is not None else prepare(self.cfg.data)
@@ -253,6 +251,12 @@ class Trainer:
         if resume:
             self._resume()
         self._stream = iter(self.batches)
+
+    def autocast(self):
+        """A fresh autocast context for the chosen dtype (a no-op without AMP)."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # --- checkpoints ----------------------------------------------------------------------
 
@@ -330,7 +334,7 @@ class Trainer:
             batch = batch.to(self.device)
             last = i == len(mine) - 1
             with self.ddp.no_sync() if self.ddp is not None and not last else nullcontext():
-                with self.autocast:
+                with self.autocast():
                     logits = self.train_model(batch.src, batch.tgt_in)
                     loss = F.cross_entropy(logits.view(-1, logits.size(-1)), batch.tgt_out.view(-1),
                                            ignore_index=PAD_ID, label_smoothing=tc.label_smoothing,
@@ -379,7 +383,7 @@ class Trainer:
         self.model.eval()
         nll = torch.zeros((), dtype=torch.float64, device=self.device)
         tokens = 0
-        with self.autocast:
+        with self.autocast():
             for batch in self.valid_batches():
                 batch = batch.to(self.device)
                 logits = self.model(batch.src, batch.tgt_in)
@@ -392,7 +396,7 @@ class Trainer:
         if n > 0:
             from mt_tune.decode import score, translate
 
-            with self.autocast:
+            with self.autocast():
                 hyps = translate(self.model, self.src_tok, self.tgt_tok, self.data.valid_src[:n],
                                  beam=tc.eval_beam, max_tokens=tc.max_tokens, device=self.device)
             scores = score(hyps, self.data.valid_ref[:n], tgt_lang=self.cfg.data.tgt_lang)
