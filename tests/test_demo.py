@@ -6,11 +6,11 @@ import optuna
 import pytest
 import yaml
 
-from mt_tune.cli import main
 from mt_tune.data import prepare
 from mt_tune.demo import default_spec_path, plan
 from mt_tune.errors import UserError
 from mt_tune.search.spec import load_spec
+from cli_run import cli
 
 TINY_SPEC = {
     "name": "tiny",
@@ -22,14 +22,6 @@ TINY_SPEC = {
     "pruner": {"type": "none"},
     "budget": {"trials": 2, "max_steps": 20},
 }
-
-
-def cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return e.code
-    return 0
 
 
 def test_plan_splits_the_budget():

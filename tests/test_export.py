@@ -9,21 +9,13 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from mt_tune import __version__
-from mt_tune.cli import main
 from mt_tune.config import load_run_config
 from mt_tune.errors import UserError
 from mt_tune.search.export import export_config
 from mt_tune.search.spec import build_spec
 from mt_tune.search.study import create_study
+from cli_run import cli
 
-
-def cli(*args: str) -> int:
-    """Run `mt-tune ARGS` in this process; its exit status."""
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return e.code
-    return 0
 
 DISTS = {"train.lr": FloatDistribution(1e-4, 3e-3, log=True), "model.ffn_dim": CategoricalDistribution([32, 64])}
 

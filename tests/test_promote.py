@@ -9,7 +9,6 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 from scipy import stats
 
-from mt_tune.cli import main
 from mt_tune.errors import UserError
 from mt_tune.search.notes import read_note
 from mt_tune.search.promote import promote
@@ -17,19 +16,12 @@ from mt_tune.search.spec import build_spec, spec_from_study
 from mt_tune.search.study import create_study, load_study
 from mt_tune.search.transfer import transfer_report
 from mt_tune.search.worker import run_worker
+from cli_run import cli
 
 DISTS = {"train.lr": FloatDistribution(1e-3, 1e-2, log=True), "model.ffn_dim": CategoricalDistribution([32, 64])}
 # (lr, ffn_dim, chrF at 1k): ranks by value are trials 3, 0, 5, 1, 4, 2
 SOURCE_TRIALS = [(2e-3, 32, 20.0), (3e-3, 64, 15.0), (1.5e-3, 32, 5.0), (6e-3, 64, 30.0), (8e-3, 32, 10.0),
                  (4e-3, 64, 18.0)]
-
-
-def cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return e.code
-    return 0
 
 
 def spec_dict(cache_dir) -> dict:

@@ -13,19 +13,11 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from mt_tune.cli import main
 from mt_tune.errors import UserError
 from mt_tune.search.report import render_report, write_report
 from mt_tune.search.spec import build_spec
+from cli_run import cli
 
-
-def cli(*args: str) -> int:
-    """Run `mt-tune ARGS` in this process; its exit status."""
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return e.code
-    return 0
 
 SPEC = {
     "name": "synthetic",
