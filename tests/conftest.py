@@ -185,3 +185,14 @@ def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
         yield _with_database(postgres_url, name)
     finally:
         _drop_database(postgres_url, name)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and do not fight other processes for cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
