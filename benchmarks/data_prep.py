@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -114,6 +115,7 @@ def measure_prepare(corpus: Path, cache: Path) -> dict:
         t0 = time.perf_counter()
         data = prepare(cfg)
         total = time.perf_counter() - t0
+    assert not data.cache_hit, f"{cache} held a cache: nothing was measured"
     lines = data.report.train.lines
     vocab_s = data.stats["timings"]["vocab_s"]
     return {"lines": lines, "train_pairs": len(data.train), "total_s": total, "vocab_s": vocab_s,
@@ -182,7 +184,9 @@ def main() -> None:
         runs = []
         repeats = args.repeats if n <= 1_000_000 else args.large_repeats
         for r in range(repeats):
-            runs.append(in_fresh_process("--measure", str(corpus), str(work / f"cache-{size_text}-{r}")))
+            cache = work / f"cache-{size_text}-{r}"
+            shutil.rmtree(cache, ignore_errors=True)  # a cache hit would measure nothing
+            runs.append(in_fresh_process("--measure", str(corpus), str(cache)))
             print(f"{size_text} run {r + 1}: {runs[-1]['pairs_per_s']:,.0f} pairs/s, "
                   f"peak {runs[-1]['peak_pss'] / 2**20:,.0f} MiB", file=sys.stderr)
         row = {"size": size_text, "runs": repeats, "lines": runs[0]["lines"], "train_pairs": runs[0]["train_pairs"],

@@ -149,6 +149,7 @@ def _build(cfg: DataConfig, train_src: CorpusSource, valid_src: CorpusSource | N
             need_vocab = not (vocab_dir / META).is_file()
             held_out = _route(scan, plan, plan.duplicates, bar, work, joint=cfg.joint_vocab,
                               vocab_sample=need_vocab)
+            plan.duplicates = set()  # can be millions of ints; the encoding workers fork after this
             timings["read_clean_s"] = time.perf_counter() - t
             report = DataReport(scan.report, valid_report)
             distinct = plan.n_valid + plan.n_train + plan.n_unused if cfg.dedup else usable

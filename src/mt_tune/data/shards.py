@@ -57,10 +57,25 @@ class Shard:
         self._index = _memmap(self.directory / f"{split}.idx", np.dtype(np.int64)).reshape(-1, 2)
         self._src = _memmap(self.directory / f"{split}.src.bin", self.dtype)
         self._tgt = _memmap(self.directory / f"{split}.tgt.bin", self.dtype)
-        self.src_lens, self.tgt_lens = _lengths(self.directory / f"{split}.idx")
+        self._lens: tuple[np.ndarray, np.ndarray] | None = None
+
+    # The lengths (8 bytes a pair) are read on first use, by the batcher: preparing data or
+    # counting pairs does not need them.
+    @property
+    def src_lens(self) -> np.ndarray:
+        return self._lengths()[0]
+
+    @property
+    def tgt_lens(self) -> np.ndarray:
+        return self._lengths()[1]
+
+    def _lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._lens is None:
+            self._lens = _lengths(self.directory / f"{self.split}.idx")
+        return self._lens
 
     def __len__(self) -> int:
-        return len(self.src_lens)
+        return len(self._index) - 1
 
     def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         (s0, t0), (s1, t1) = self._index[i], self._index[i + 1]
