@@ -28,6 +28,7 @@ TSV_SUFFIXES = {".tsv", ".tab"}
 LANG_KEYS = {"zh": "chinese", "en": "english"}
 SNIFF_BYTES = 64 * 1024
 CHUNK_BYTES = 16 * 1024 * 1024  # ~100k translation2019zh lines: big enough to amortise a process hop
+MIN_CHUNK_BYTES = 1024 * 1024  # smaller chunks for smaller files, so that every core gets work
 CHUNK_LINES = 100_000  # Moses pairs are chunked by lines (the two files' byte offsets differ)
 
 RawRecord = tuple[int, "str | None", "str | None", "str | None"]
@@ -94,7 +95,10 @@ class CorpusSource:
         if self.format == "moses":
             src, tgt = self._moses_marks
             return [Chunk(i, ((src[i], src[i + 1]), (tgt[i], tgt[i + 1]))) for i in range(len(src) - 1)]
-        ranges = _line_aligned_ranges(self.paths[0], chunk_bytes or CHUNK_BYTES)
+        if chunk_bytes is None:  # at least two chunks per core where the file allows
+            per_core = -(-os.path.getsize(self.paths[0]) // (2 * (os.cpu_count() or 1)))
+            chunk_bytes = max(MIN_CHUNK_BYTES, min(CHUNK_BYTES, per_core))
+        ranges = _line_aligned_ranges(self.paths[0], chunk_bytes)
         return [Chunk(i, (r,)) for i, r in enumerate(ranges)]
 
     def records(self, chunk: Chunk) -> Iterator[RawRecord]:
