@@ -9,13 +9,13 @@ import pytest
 import torch
 import yaml
 
-from mt_tune.checkpoint import load_checkpoint
+from mt_tune.checkpoint import load_checkpoint, read_checkpoint
 from mt_tune.cli import main
 from mt_tune.config import RunConfig, build_run_config, to_dict
 from mt_tune.data import Batch, prepare
 from mt_tune.errors import ConfigError, UserError
 from mt_tune.memory import estimate_memory
-from mt_tune.train import NaNLossError, OutOfMemoryError, StopTraining, Trainer, lr_at
+from mt_tune.train import NaNLossError, OutOfMemoryError, StopTraining, Trainer, lr_at, projected_end_step
 
 TINY = {
     "data": {"format": "sample", "vocab_size": 2000, "valid_size": 100},
@@ -69,6 +69,51 @@ def test_schedule_warms_up_linearly_then_decays():
     assert lr_at(550, tc) == pytest.approx((1e-3 + 1e-5) / 2)
     assert lr_at(1000, tc) == pytest.approx(1e-5)
     assert lr_at(5000, tc) == pytest.approx(1e-5)  # floor past max_steps
+
+
+def test_linear_and_cosine_decay_end_at_the_projected_end_of_a_time_budget():
+    tc = build_run_config({"data": {"format": "sample"}, "train": {
+        "lr": 1e-3, "warmup_steps": 100, "max_steps": 10_000, "schedule": "linear", "max_minutes": 10}}).train
+    assert lr_at(100, tc) == pytest.approx(1e-3)
+    assert lr_at(5050, tc) == pytest.approx(5e-4)  # halfway to max_steps without a projection
+    # 300 updates in the first 2 of 10 minutes: the budget runs out near update 1,500
+    end = projected_end_step(300, 120.0, tc)
+    assert end == pytest.approx(1500)
+    assert lr_at(800, tc, end) == pytest.approx(5e-4)
+    assert lr_at(1500, tc, end) == 0.0 and lr_at(1600, tc, end) == 0.0
+    assert lr_at(800, tc, 20_000) == lr_at(800, tc)  # max_steps still ends the decay when it comes first
+    tc.schedule = "cosine"
+    assert lr_at(800, tc, end) == pytest.approx(5e-4)
+    tc.max_minutes = 0
+    assert projected_end_step(300, 120.0, tc) is None
+
+
+def test_a_time_limited_run_ends_with_the_learning_rate_decayed(raw_config, data):
+    cfg = make_config(raw_config, max_steps=100_000, max_minutes=0.02, schedule="linear", min_lr=1e-5,
+                      eval_every=10_000)
+    result = Trainer(cfg, None, data=data, log=quiet).fit()
+    assert result.stop_reason == "max_minutes" and 10 < result.steps < 100_000
+    assert result.history[-1].lr == pytest.approx(1e-5)
+
+
+def test_time_running_out_during_an_evaluation_ends_the_run_there(raw_config, data):
+    import time
+
+    slow_first_eval = lambda trainer, result: time.sleep(1.5) if result.step == 10 else None  # noqa: E731
+    cfg = make_config(raw_config, max_steps=100_000, max_minutes=0.02)
+    result = Trainer(cfg, None, data=data, log=quiet, hooks=[slow_first_eval]).fit()
+    assert result.stop_reason == "max_minutes" and result.steps == 10
+    assert [r.step for r in result.history] == [10]
+
+
+def test_max_minutes_counts_the_time_before_a_resume(raw_config, data, tmp_path):
+    Trainer(make_config(raw_config, max_steps=10), tmp_path, data=data, log=quiet).fit()
+    spent = read_checkpoint(tmp_path / "last.pt", "cpu")["elapsed_s"]
+    assert spent > 0
+    budget_min = spent / 60 / 2  # already spent: the resumed run stops after one update
+    resumed = Trainer(make_config(raw_config, max_minutes=budget_min), tmp_path, data=data, log=quiet,
+                      resume=True).fit()
+    assert resumed.stop_reason == "max_minutes" and resumed.steps == 11
 
 
 # --- the update -----------------------------------------------------------------------------

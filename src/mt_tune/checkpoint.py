@@ -15,7 +15,9 @@ int, float, bool and None, so `torch.load(weights_only=True)` reads it. It is se
     history      one dict per evaluation (EvalResult fields)
     src_spm, tgt_spm   the sentencepiece models' bytes as uint8 tensors
 
-The learning-rate schedule is a pure function of `step`, so `step` is the scheduler state.
+    elapsed_s    wall time of training so far (max_minutes counts over resumes)
+
+The learning-rate schedule is a function of `step` and, under a time limit, of `elapsed_s`.
 """
 
 from __future__ import annotations

@@ -133,9 +133,12 @@ class TrainConfig:
     lr: float = opt(1e-3, "peak learning rate, reached at the end of warmup")
     min_lr: float = opt(0.0, "floor of the decayed learning rate")
     warmup_steps: int = opt(400, "linear warmup from 0 to lr over this many updates")
-    schedule: str = opt("inverse_sqrt", "decay after warmup", choices=["inverse_sqrt", "cosine"])
+    schedule: str = opt("inverse_sqrt", "decay after warmup: inverse_sqrt, or cosine / linear down to "
+                                        "min_lr at the end of the run (max_steps, or the step at which "
+                                        "max_minutes is projected to run out, whichever comes first)",
+                        choices=["inverse_sqrt", "cosine", "linear"])
     max_steps: int = opt(2000, "stop after this many updates")
-    max_minutes: float = opt(0.0, "stop after this much wall time (0: no limit)")
+    max_minutes: float = opt(0.0, "stop after this much wall time, counted over resumes (0: no limit)")
     max_tokens: int = opt(4096, "padded tokens (source or target, the larger) per micro-batch")
     accum_steps: int = opt(1, "micro-batches per update (gradient accumulation)")
     clip_norm: float = opt(1.0, "gradient clipping by global norm (0: off)")

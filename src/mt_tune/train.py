@@ -115,19 +115,30 @@ class OutOfMemoryError(TrainingError):
 # --- pieces that are pure functions -------------------------------------------------------
 
 
-def lr_at(step: int, tc: TrainConfig) -> float:
+def lr_at(step: int, tc: TrainConfig, end_step: float | None = None) -> float:
     """Learning rate of update number `step` (1-based): linear warmup to tc.lr over
-    tc.warmup_steps, then inverse-sqrt or cosine (to min_lr at max_steps); never below min_lr
-    after warmup."""
+    tc.warmup_steps, then inverse-sqrt, or cosine / linear down to min_lr at `end_step`
+    (default max_steps); never below min_lr after warmup."""
     warmup = tc.warmup_steps
     if step <= warmup:
         return tc.lr * step / warmup
     if tc.schedule == "inverse_sqrt":
         value = tc.lr * math.sqrt(max(warmup, 1) / step)
     else:
-        progress = min(1.0, (step - warmup) / max(1, tc.max_steps - warmup))
-        value = tc.min_lr + (tc.lr - tc.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        end = tc.max_steps if end_step is None else min(end_step, tc.max_steps)
+        progress = min(1.0, (step - warmup) / max(1.0, end - warmup))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if tc.schedule == "cosine" else 1 - progress
+        value = tc.min_lr + (tc.lr - tc.min_lr) * shape
     return max(value, tc.min_lr)
+
+
+def projected_end_step(step: int, elapsed_s: float, tc: TrainConfig) -> float | None:
+    """The step at which max_minutes runs out at the pace so far (None without a time limit).
+    A time-limited run otherwise ends wherever the clock stops it, in mid-schedule: budgeted
+    training ends best with the learning rate decayed (Li et al. 2020, "Budgeted Training")."""
+    if tc.max_minutes <= 0 or step <= 0 or elapsed_s <= 0:
+        return None
+    return step * tc.max_minutes * 60 / elapsed_s
 
 
 def resolve_device(name: str) -> torch.device:
@@ -248,6 +259,9 @@ class Trainer:
         self.bleu_signature: str | None = None
         self._loss_sum = torch.zeros((), device=self.device)  # training loss since the last log line
         self._loss_updates = 0
+        self._started = time.perf_counter()  # reset when fit() starts
+        self.elapsed_before = 0.0  # wall seconds of earlier sessions of this run (resume)
+        self.end_step: float | None = None  # where the decay ends under max_minutes; see lr_at
         if resume:
             self._resume()
         self._stream = iter(self.batches)
@@ -271,6 +285,7 @@ class Trainer:
             "rng": rng_state(),
             "data_state": self.batches.state_dict(),
             "best": {k: [v, s] for k, (v, s) in self.best.items()},
+            "elapsed_s": self.elapsed_before + time.perf_counter() - self._started,
             "history": [asdict(r) for r in self.history],
             "src_spm": bytes_to_tensor(self.src_tok.model_bytes()),
             "tgt_spm": bytes_to_tensor(self.tgt_tok.model_bytes()),
@@ -305,6 +320,7 @@ class Trainer:
         except ValueError as e:
             raise UserError(f"{path}: {e}") from None
         self.best = {k: (v, s) for k, (v, s) in ckpt["best"].items()}
+        self.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
         self.history = [EvalResult(**r) for r in ckpt["history"]]
         set_rng_state(ckpt["rng"])
         if self.dist.rank:
@@ -325,7 +341,7 @@ class Trainer:
         # DDP averages gradients over processes: scale by `world` so the result is the sum
         # over all target tokens of the update divided by their number.
         scale = world / n_tgt
-        lr = lr_at(self.step + 1, tc)
+        lr = lr_at(self.step + 1, tc, self.end_step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.train_model.train()
@@ -362,9 +378,21 @@ class Trainer:
         self._loss_updates = 0
         if not math.isfinite(value):
             raise NaNLossError(f"training loss is {value} at step {self.step} "
-                               f"(lr {lr_at(self.step, self.cfg.train):.3g}); lower train.lr or "
+                               f"(lr {lr_at(self.step, self.cfg.train, self.end_step):.3g}); lower train.lr or "
                                f"raise train.warmup_steps", self.step)
         return value
+
+    def _check_time(self, budget_s: float) -> bool:
+        """True when the time budget is spent; also moves the end of the lr decay to the step
+        where the budget is projected to run out. Process 0's clock decides for every process,
+        so all of them use the same learning rate."""
+        elapsed = self.elapsed_before + time.perf_counter() - self._started
+        if self.dist.enabled:
+            t = torch.tensor([elapsed], dtype=torch.float64, device=self.device)
+            torch.distributed.broadcast(t, src=0)
+            elapsed = float(t.item())
+        self.end_step = projected_end_step(self.step, elapsed, self.cfg.train)
+        return elapsed >= budget_s
 
     def _agree(self, flag: bool) -> bool:
         """Process 0's decision, for every process (a no-op without DDP)."""
@@ -439,8 +467,8 @@ class Trainer:
 
     def _fit(self) -> RunResult:
         tc = self.cfg.train
-        start = time.perf_counter()
-        deadline = start + tc.max_minutes * 60 if tc.max_minutes > 0 else None
+        start = self._started = time.perf_counter()
+        budget_s = tc.max_minutes * 60 if tc.max_minutes > 0 else None
         self.log(f"run config:\n{yaml.safe_dump(to_dict(self.cfg), sort_keys=False).rstrip()}")
         self.log(f"model: {self.n_params:,} parameters | device {self.device}"
                  f"{f' x{self.dist.world_size} processes' if self.dist.enabled else ''} | "
@@ -460,12 +488,12 @@ class Trainer:
             at_eval = self.step % tc.eval_every == 0 or self.step >= tc.max_steps
             at_log = self.step % tc.log_every == 0
             time_up = False
-            if deadline is not None and (at_log or at_eval or not self.dist.enabled):
-                time_up = self._agree(time.perf_counter() >= deadline)
+            if budget_s is not None and (at_log or at_eval or not self.dist.enabled):
+                time_up = self._check_time(budget_s)
             if at_log or at_eval or time_up:
                 window_losses.append(self._mean_train_loss())
                 train_s = time.perf_counter() - start - eval_s
-                info.update(loss=window_losses[-1], lr=lr_at(self.step, tc), tok_s=tokens / max(train_s, 1e-9))
+                info.update(loss=window_losses[-1], lr=lr_at(self.step, tc, self.end_step), tok_s=tokens / max(train_s, 1e-9))
                 if at_log:
                     self.log(f"step {self.step:>6} | loss {info['loss']:.3f} | lr {info['lr']:.2e} | "
                              f"{info['tok_s']:,.0f} tok/s | {(self.step - first_step) / max(train_s, 1e-9):.2f} upd/s")
@@ -478,7 +506,7 @@ class Trainer:
                 if self.dist.is_main:
                     val_loss, per_char, bleu, chrf = self.evaluate()
                     result = EvalResult(step=self.step, val_loss=val_loss, val_loss_per_char=per_char,
-                                        bleu=bleu, chrf=chrf, lr=lr_at(self.step, tc),
+                                        bleu=bleu, chrf=chrf, lr=lr_at(self.step, tc, self.end_step),
                                         train_loss=float(np.mean(window_losses)),
                                         tokens_per_s=window_tokens / max(window_s, 1e-9),
                                         elapsed_s=t_eval - start)
@@ -497,7 +525,9 @@ class Trainer:
                     stop_reason = stop or "stopped"
                     break
                 window_tokens, window_start, window_losses = 0, time.perf_counter(), []
-                if time_up:
+                # Time that ran out during this evaluation ends the run here, rather than one
+                # update later with a second, near-identical evaluation.
+                if time_up or (budget_s is not None and self._check_time(budget_s)):
                     stop_reason = "max_minutes"
                     break
 
