@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 import psycopg
 import pytest
+import sqlalchemy.event
 import sqlalchemy.exc
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
@@ -139,11 +140,12 @@ def test_postgresql_storage_has_heartbeats_retry_callback_and_a_small_checked_po
     monkeypatch.setenv(st.HEARTBEAT_ENV, "5")
     storage = st.open_storage(fresh_postgres_url)
     assert st.open_storage(fresh_postgres_url.replace("postgresql+psycopg", "postgresql")) is storage
-    assert isinstance(storage, st.ResilientRDBStorage)
-    assert (storage.heartbeat_interval, storage.grace_period) == (5, 15)
+    assert isinstance(storage, st.FinishedTrialsCache) and isinstance(storage.backend, st.ResilientRDBStorage)
+    assert storage.get_heartbeat_interval() == 5 and storage.backend.grace_period == 15
     assert isinstance(storage.get_heartbeat_stale_trial_callback(), RetryHeartbeatStaleTrialCallback)
-    assert storage.failed_trial_callback is storage.heartbeat_stale_trial_callback  # the new name, not the old
-    pool = storage.engine.pool
+    rdb = storage.backend
+    assert rdb.failed_trial_callback is rdb.heartbeat_stale_trial_callback  # the new name, not the old
+    pool = rdb.engine.pool
     assert (pool.size(), pool._max_overflow, pool._pre_ping, pool._recycle) == (1, 1, True, 1800)
 
 
@@ -155,7 +157,7 @@ def test_workers_do_not_create_the_schema(fresh_postgres_url, tmp_path):
     assert not (tmp_path / "none.db").exists()  # no empty database file left behind
     st.open_storage(fresh_postgres_url, create_schema=True)
     st.close_storages()
-    assert isinstance(st.open_storage(fresh_postgres_url, create_schema=False), st.ResilientRDBStorage)
+    assert isinstance(st.open_storage(fresh_postgres_url, create_schema=False).backend, st.ResilientRDBStorage)
 
 
 def test_a_worker_process_uses_at_most_two_connections_and_returns_them(fresh_postgres_url, monkeypatch):
@@ -242,6 +244,61 @@ def test_with_retry_gives_up_after_its_window_and_never_retries_other_errors():
     with pytest.raises(KeyError):
         st.with_retry(bug)
     assert len(calls) == 1
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+@pytest.mark.parametrize("server", ["postgresql", "sqlite"])
+def test_report_is_one_upsert_that_refuses_a_finished_trial(server, fresh_postgres_url, tmp_path):
+    url = fresh_postgres_url if server == "postgresql" else f"sqlite:///{tmp_path}/r.db"
+    storage = st.open_storage(url)
+    study = optuna.create_study(study_name="report", storage=storage)
+    trial = study.ask()
+    statements = []
+    sqlalchemy.event.listen(storage.backend.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    trial.report(1.0, 1)
+    assert len(statements) == 1 and "ON CONFLICT" in statements[0]
+    storage.set_trial_intermediate_value(trial._trial_id, 1, 2.5)  # the same step again: replaced
+    trial.report(float("inf"), 2)
+    trial.report(float("nan"), 3)
+    study.tell(trial, 2.5)
+    values = study.trials[0].intermediate_values
+    assert values[1] == 2.5 and values[2] == float("inf") and values[3] != values[3]
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_intermediate_value(trial._trial_id, 4, 1.0)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_finished_trials_are_answered_from_the_cache_until_another_trial_finishes(fresh_postgres_url):
+    """What a median pruner asks at every report (the COMPLETE trials) costs one small query
+    while nothing finished, and is never stale: another process's finished trial shows at once."""
+    writer = optuna.create_study(study_name="cache", storage=st.open_storage(fresh_postgres_url))
+    for i in range(3):
+        done = writer.ask()
+        done.report(float(i), 1)
+        writer.tell(done, float(i))
+    other = writer.ask()  # another worker's running trial
+    reader_storage = st.FinishedTrialsCache(st.ResilientRDBStorage(fresh_postgres_url))
+    reader = optuna.load_study(study_name="cache", storage=reader_storage)
+    mine = reader.ask()
+    statements = []
+    sqlalchemy.event.listen(reader_storage.backend.engine, "before_cursor_execute",
+                            lambda *args: statements.append(args[2]))
+    try:
+        assert [t.value for t in reader.get_trials(states=(TrialState.COMPLETE,))] == [0.0, 1.0, 2.0]
+        for step in range(5):  # what a worker does at each evaluation
+            mine.report(float(step), step)
+            other.report(float(step), step)
+            statements.clear()
+            completed = reader.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            assert len(completed) == 3
+            assert len(statements) == 1 and "trial_intermediate_values" not in statements[0]
+        writer.tell(other, 9.0)
+        assert [t.value for t in reader.get_trials(states=(TrialState.COMPLETE,))] == [0.0, 1.0, 2.0, 9.0]
+        assert reader.get_trials(states=(TrialState.COMPLETE,))[-1].intermediate_values == {s: float(s) for s in range(5)}
+        # running trials still come fresh, through Optuna's own cache
+        assert reader.get_trials(states=(TrialState.RUNNING,))[0].intermediate_values == {s: float(s) for s in range(5)}
+    finally:
+        reader_storage.backend.engine.dispose()
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")

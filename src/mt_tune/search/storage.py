@@ -20,6 +20,7 @@ not cost a trial its training.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
@@ -27,16 +28,21 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
+import sqlalchemy
+import sqlalchemy.dialects.postgresql
+import sqlalchemy.dialects.sqlite
 import sqlalchemy.exc
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._cached_storage import _CachedStorage  # see FinishedTrialsCache
+from optuna.storages._rdb import models as rdb_models
 from optuna.storages.journal import JournalFileBackend, JournalStorage
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from mt_tune.errors import UserError
@@ -255,6 +261,36 @@ class ResilientRDBStorage(RDBStorage):
 
         return with_retry(attempt)
 
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        """trial.report in one statement instead of Optuna's three (read the trial, read the
+        step, write): an upsert that writes only while the trial is unfinished. When it writes
+        nothing, Optuna's own path runs, and raises Optuna's error for a finished trial."""
+        if self.engine.dialect.name not in _UPSERT:
+            return with_retry(RDBStorage.set_trial_intermediate_value, self, trial_id, step, intermediate_value)
+        values, trials = rdb_models.TrialIntermediateValueModel, rdb_models.TrialModel
+        stored, kind = values.intermediate_value_to_stored_repr(intermediate_value)
+        columns = values.__table__.c
+        source = sqlalchemy.select(
+            sqlalchemy.literal(trial_id, columns.trial_id.type), sqlalchemy.literal(step, columns.step.type),
+            sqlalchemy.literal(stored, columns.intermediate_value.type),
+            sqlalchemy.literal(kind, columns.intermediate_value_type.type),
+        ).where(sqlalchemy.exists().where(trials.trial_id == trial_id,
+                                          trials.state.in_([TrialState.RUNNING, TrialState.WAITING])))
+        insert = _UPSERT[self.engine.dialect.name](values.__table__).from_select(
+            ["trial_id", "step", "intermediate_value", "intermediate_value_type"], source)
+        statement = insert.on_conflict_do_update(
+            index_elements=["trial_id", "step"],
+            set_={"intermediate_value": insert.excluded.intermediate_value,
+                  "intermediate_value_type": insert.excluded.intermediate_value_type},
+        ).execution_options(preserve_rowcount=True)  # else psycopg's rowcount of an INSERT is -1
+
+        def attempt() -> int:
+            with self.engine.begin() as conn:
+                return conn.execute(statement).rowcount
+
+        if with_retry(attempt) == 0:  # the trial is finished, or unknown: Optuna says which
+            with_retry(RDBStorage.set_trial_intermediate_value, self, trial_id, step, intermediate_value)
+
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             with_retry(RDBStorage.record_heartbeat, self, trial_id, retry_for=self.heartbeat_interval or 1)
@@ -280,7 +316,6 @@ _RETRIED_CALLS = (
     "_create_new_trial",
     "_set_trial_param",
     "get_trial_param",
-    "set_trial_intermediate_value",
     "set_trial_user_attr",
     "set_trial_system_attr",
     "get_trial_user_attrs",
@@ -304,6 +339,56 @@ def _retrying(method: Callable[..., T]) -> Callable[..., T]:
 
 for _name in _RETRIED_CALLS:
     setattr(ResilientRDBStorage, _name, _retrying(getattr(RDBStorage, _name)))
+
+
+# INSERT ... ON CONFLICT DO UPDATE, by dialect (both servers Optuna's RDB storage is used on here)
+_UPSERT = {"postgresql": sqlalchemy.dialects.postgresql.insert, "sqlite": sqlalchemy.dialects.sqlite.insert}
+
+
+class FinishedTrialsCache(_CachedStorage):
+    """Optuna's per-process cache of an RDB storage, with one shortcut for the pruners.
+
+    A median pruner asks for the study's COMPLETE trials at every report. Optuna's cache then
+    reloads every trial that was still running at its last refresh — intermediate values and
+    attributes included — so each call costs (running trials x reports so far) rows. Finished
+    trials never change, though: when a call asks only for finished states, one small query
+    first asks the server whether any trial finished since the last refresh, and if none did,
+    the cache answers alone. Every other call goes through Optuna's cache unchanged.
+    """
+
+    @property
+    def backend(self) -> ResilientRDBStorage:
+        return self._backend  # type: ignore[return-value]
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True,
+                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        if states is not None and all(s.is_finished() for s in states) and not self._finished_since_refresh(study_id):
+            with self._lock:
+                cached = self._studies[study_id].trials.values()
+                trials = sorted((t for t in cached if t.state in states), key=lambda t: t.number)
+            return copy.deepcopy(trials) if deepcopy else trials
+        return super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
+
+    def _finished_since_refresh(self, study_id: int) -> bool:
+        with self._lock:
+            if study_id not in self._studies:
+                return True  # never loaded: take Optuna's path
+            info = self._studies[study_id]
+            running, last = list(info.unfinished_trial_ids), info.last_finished_trial_id
+
+        def query() -> bool:
+            trial = rdb_models.TrialModel
+            with self.backend.engine.connect() as conn:
+                found = conn.execute(
+                    sqlalchemy.select(trial.trial_id)
+                    .where(trial.study_id == study_id)
+                    .where(trial.state.in_([s for s in TrialState if s.is_finished()]))
+                    .where(sqlalchemy.or_(trial.trial_id > last, trial.trial_id.in_(running)))
+                    .limit(1)
+                ).first()
+            return found is not None
+
+        return with_retry(query)
 
 
 # --- opening ------------------------------------------------------------------------------
@@ -368,14 +453,14 @@ def _open(url: str, create_schema: bool) -> optuna.storages.BaseStorage:
             with warnings.catch_warnings():
                 # Optuna flags heartbeats as experimental on every open; they are the point here.
                 warnings.simplefilter("ignore", ExperimentalWarning)
-                return ResilientRDBStorage(
+                return FinishedTrialsCache(ResilientRDBStorage(
                     url,
                     engine_kwargs={k: (dict(v) if isinstance(v, dict) else v) for k, v in engine_kwargs.items()},
                     heartbeat_interval=interval,
                     grace_period=grace,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
                     skip_table_creation=not create_schema,
-                )
+                ))
         except Exception as e:
             if _is_missing_schema_anywhere(e):
                 raise _no_studies(url) from None
@@ -411,7 +496,7 @@ def close_storages() -> None:
     """Close every storage this process opened and return their connections to the server."""
     with _opening:
         for storage in _opened.values():
-            if isinstance(storage, RDBStorage):
-                storage.scoped_session.remove()
-                storage.engine.dispose()
+            if isinstance(storage, FinishedTrialsCache):
+                storage.backend.scoped_session.remove()
+                storage.backend.engine.dispose()
         _opened.clear()
