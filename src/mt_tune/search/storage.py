@@ -285,7 +285,7 @@ class ResilientRDBStorage(RDBStorage):
         ).execution_options(preserve_rowcount=True)  # else psycopg's rowcount of an INSERT is -1
 
         def attempt() -> int:
-            with self.engine.begin() as conn:
+            with autocommit(self.engine) as conn:  # one statement: atomic without BEGIN/COMMIT
                 return conn.execute(statement).rowcount
 
         if with_retry(attempt) == 0:  # the trial is finished, or unknown: Optuna says which
@@ -341,6 +341,11 @@ for _name in _RETRIED_CALLS:
     setattr(ResilientRDBStorage, _name, _retrying(getattr(RDBStorage, _name)))
 
 
+def autocommit(engine: sqlalchemy.Engine) -> sqlalchemy.Connection:
+    """A pooled connection for one statement, without BEGIN and COMMIT/ROLLBACK round trips."""
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+
 # INSERT ... ON CONFLICT DO UPDATE, by dialect (both servers Optuna's RDB storage is used on here)
 _UPSERT = {"postgresql": sqlalchemy.dialects.postgresql.insert, "sqlite": sqlalchemy.dialects.sqlite.insert}
 
@@ -378,7 +383,7 @@ class FinishedTrialsCache(_CachedStorage):
 
         def query() -> bool:
             trial = rdb_models.TrialModel
-            with self.backend.engine.connect() as conn:
+            with autocommit(self.backend.engine) as conn:
                 found = conn.execute(
                     sqlalchemy.select(trial.trial_id)
                     .where(trial.study_id == study_id)
