@@ -175,7 +175,7 @@ def explore(a_trials: list[dict], args: argparse.Namespace) -> None:
         for min_delta in (0.0, 0.1):
             for on in ("both", "metric"):
                 for startup in (2, 3):
-                    for warmup in (2, 4):
+                    for warmup in (2, 4, 8):
                         raw = variant_spec("b", args, {
                             "stopping": {"patience": patience, "min_delta": min_delta, "divergence_on": on},
                             "pruner": {"type": "median", "n_startup_trials": startup, "n_warmup_evals": warmup}})
