@@ -21,6 +21,7 @@ not cost a trial its training.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import random
@@ -267,26 +268,13 @@ class ResilientRDBStorage(RDBStorage):
         nothing, Optuna's own path runs, and raises Optuna's error for a finished trial."""
         if self.engine.dialect.name not in _UPSERT:
             return with_retry(RDBStorage.set_trial_intermediate_value, self, trial_id, step, intermediate_value)
-        values, trials = rdb_models.TrialIntermediateValueModel, rdb_models.TrialModel
-        stored, kind = values.intermediate_value_to_stored_repr(intermediate_value)
-        columns = values.__table__.c
-        source = sqlalchemy.select(
-            sqlalchemy.literal(trial_id, columns.trial_id.type), sqlalchemy.literal(step, columns.step.type),
-            sqlalchemy.literal(stored, columns.intermediate_value.type),
-            sqlalchemy.literal(kind, columns.intermediate_value_type.type),
-        ).where(sqlalchemy.exists().where(trials.trial_id == trial_id,
-                                          trials.state.in_([TrialState.RUNNING, TrialState.WAITING])))
-        insert = _UPSERT[self.engine.dialect.name](values.__table__).from_select(
-            ["trial_id", "step", "intermediate_value", "intermediate_value_type"], source)
-        statement = insert.on_conflict_do_update(
-            index_elements=["trial_id", "step"],
-            set_={"intermediate_value": insert.excluded.intermediate_value,
-                  "intermediate_value_type": insert.excluded.intermediate_value_type},
-        ).execution_options(preserve_rowcount=True)  # else psycopg's rowcount of an INSERT is -1
+        stored, kind = rdb_models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(intermediate_value)
+        statement = _report_statement(self.engine.dialect.name)
+        params = {"trial_id": trial_id, "step": step, "value": stored, "kind": kind}
 
         def attempt() -> int:
             with autocommit(self.engine) as conn:  # one statement: atomic without BEGIN/COMMIT
-                return conn.execute(statement).rowcount
+                return conn.execute(statement, params).rowcount
 
         if with_retry(attempt) == 0:  # the trial is finished, or unknown: Optuna says which
             with_retry(RDBStorage.set_trial_intermediate_value, self, trial_id, step, intermediate_value)
@@ -348,6 +336,41 @@ def autocommit(engine: sqlalchemy.Engine) -> sqlalchemy.Connection:
 
 # INSERT ... ON CONFLICT DO UPDATE, by dialect (both servers Optuna's RDB storage is used on here)
 _UPSERT = {"postgresql": sqlalchemy.dialects.postgresql.insert, "sqlite": sqlalchemy.dialects.sqlite.insert}
+_UPDATABLE = [TrialState.RUNNING, TrialState.WAITING]
+
+
+@functools.cache
+def _report_statement(dialect: str) -> sqlalchemy.Executable:
+    """The report upsert, built once: an intermediate value written only while its trial is
+    unfinished (parameters trial_id, step, value, kind)."""
+    values, trials = rdb_models.TrialIntermediateValueModel, rdb_models.TrialModel
+    columns = values.__table__.c
+    source = sqlalchemy.select(
+        sqlalchemy.bindparam("trial_id", type_=columns.trial_id.type),
+        sqlalchemy.bindparam("step", type_=columns.step.type),
+        sqlalchemy.bindparam("value", type_=columns.intermediate_value.type),
+        sqlalchemy.bindparam("kind", type_=columns.intermediate_value_type.type),
+    ).where(sqlalchemy.exists().where(trials.trial_id == sqlalchemy.bindparam("trial_id"),
+                                      trials.state.in_(_UPDATABLE)))
+    insert = _UPSERT[dialect](values.__table__).from_select(
+        ["trial_id", "step", "intermediate_value", "intermediate_value_type"], source)
+    return insert.on_conflict_do_update(
+        index_elements=["trial_id", "step"],
+        set_={"intermediate_value": insert.excluded.intermediate_value,
+              "intermediate_value_type": insert.excluded.intermediate_value_type},
+    ).execution_options(preserve_rowcount=True)  # else psycopg's rowcount of an INSERT is -1
+
+
+# Has any trial of the study finished since the cache's last refresh? (parameters study_id,
+# last: the last finished trial id the cache knows, running: the ids it holds as unfinished)
+_FINISHED_SINCE = (
+    sqlalchemy.select(rdb_models.TrialModel.trial_id)
+    .where(rdb_models.TrialModel.study_id == sqlalchemy.bindparam("study_id"))
+    .where(rdb_models.TrialModel.state.in_([s for s in TrialState if s.is_finished()]))
+    .where(sqlalchemy.or_(rdb_models.TrialModel.trial_id > sqlalchemy.bindparam("last"),
+                          rdb_models.TrialModel.trial_id.in_(sqlalchemy.bindparam("running", expanding=True))))
+    .limit(1)
+)
 
 
 class FinishedTrialsCache(_CachedStorage):
@@ -382,15 +405,8 @@ class FinishedTrialsCache(_CachedStorage):
             running, last = list(info.unfinished_trial_ids), info.last_finished_trial_id
 
         def query() -> bool:
-            trial = rdb_models.TrialModel
             with autocommit(self.backend.engine) as conn:
-                found = conn.execute(
-                    sqlalchemy.select(trial.trial_id)
-                    .where(trial.study_id == study_id)
-                    .where(trial.state.in_([s for s in TrialState if s.is_finished()]))
-                    .where(sqlalchemy.or_(trial.trial_id > last, trial.trial_id.in_(running)))
-                    .limit(1)
-                ).first()
+                found = conn.execute(_FINISHED_SINCE, {"study_id": study_id, "last": last, "running": running}).first()
             return found is not None
 
         return with_retry(query)
