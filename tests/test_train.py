@@ -240,6 +240,33 @@ def test_resumed_run_continues_the_same_curve(finished_run, raw_config, data, tm
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
 
 
+def test_weight_average_is_evaluated_saved_and_resumed(raw_config, data, tmp_path):
+    full = Trainer(make_config(raw_config, ema_decay=0.9), tmp_path / "full", data=data, log=quiet)
+    result = full.fit()
+    ckpt = read_checkpoint(tmp_path / "full" / "last.pt", "cpu")
+    for name, p in full.model.named_parameters():
+        torch.testing.assert_close(ckpt["model"][name], full.ema[name], rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(ckpt["train_weights"][name], p.detach(), rtol=0, atol=0, msg=name)
+    assert any(not torch.equal(ckpt["model"][n], ckpt["train_weights"][n]) for n in full.ema)
+    model = load_checkpoint(tmp_path / "full" / "last.pt")[0]  # what translate uses: the average
+    torch.testing.assert_close(dict(model.named_parameters())["encoder.0.ffn.fc1.weight"].detach(),
+                               full.ema["encoder.0.ffn.fc1.weight"])
+    averaged = full.evaluate()
+    assert averaged[0] == pytest.approx(result.history[-1].val_loss, abs=1e-6)
+    full.ema = None
+    assert full.evaluate()[0] != pytest.approx(averaged[0], abs=1e-6)  # the trained weights differ
+
+    Trainer(make_config(raw_config, ema_decay=0.9, max_steps=10), tmp_path / "half", data=data, log=quiet).fit()
+    resumed = Trainer(make_config(raw_config, ema_decay=0.9), tmp_path / "half", data=data, log=quiet, resume=True)
+    resumed.fit()
+    ckpt = read_checkpoint(tmp_path / "half" / "last.pt", "cpu")
+    for name in resumed.ema:
+        torch.testing.assert_close(resumed.ema[name], ckpt["model"][name], rtol=0, atol=0)
+    full_ckpt = read_checkpoint(tmp_path / "full" / "last.pt", "cpu")
+    for name in resumed.ema:
+        torch.testing.assert_close(ckpt["model"][name], full_ckpt["model"][name], rtol=0, atol=1e-6, msg=name)
+
+
 def test_resume_without_a_checkpoint_is_a_user_error(raw_config, data, tmp_path):
     with pytest.raises(UserError, match="no checkpoint to resume"):
         Trainer(make_config(raw_config), tmp_path, data=data, log=quiet, resume=True)

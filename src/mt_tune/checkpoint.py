@@ -5,7 +5,9 @@ int, float, bool and None, so `torch.load(weights_only=True)` reads it. It is se
 
     version      format version (CHECKPOINT_VERSION)
     config       the resolved run config (config.to_dict), vocabulary sizes filled in
-    model        model state dict
+    model        model state dict: the weights to translate with (the moving average of the
+                 weights when train.ema_decay is on)
+    train_weights  with train.ema_decay only: the weights training goes on from (resume)
     optimizer    AdamW state dict
     scaler       GradScaler state dict (empty when fp16 is off)
     step         updates done

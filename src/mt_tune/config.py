@@ -142,6 +142,9 @@ class TrainConfig:
     max_tokens: int = opt(4096, "padded tokens (source or target, the larger) per micro-batch")
     accum_steps: int = opt(1, "micro-batches per update (gradient accumulation)")
     clip_norm: float = opt(1.0, "gradient clipping by global norm (0: off)")
+    ema_decay: float = opt(0.0, "evaluate, keep and translate with an exponential moving average of the "
+                                "weights, updated after every update with this decay (0: off; 0.99 averages "
+                                "over roughly the last 100 updates)")
     weight_decay: float = opt(0.0, "AdamW weight decay (not applied to norms, biases, embeddings)")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.98, "AdamW beta2")
@@ -165,6 +168,8 @@ class TrainConfig:
                 raise ConfigError(f"{where}.{name}: must be >= 0, got {getattr(self, name)}")
         if self.min_lr > self.lr:
             raise ConfigError(f"{where}.min_lr: must not exceed lr ({self.lr}), got {self.min_lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"{where}.ema_decay: must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"{where}.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
         if self.keep_best_by in ("bleu", "chrf") and self.bleu_sentences == 0:

@@ -9,7 +9,7 @@ V target vocabulary, a = bytes of an activation: 2 under bf16/fp16 autocast, els
 
 - weights      4P (fp32 master weights, also under AMP)
 - gradients    4P (counted whole: with gradient accumulation they live through the backward pass)
-- optimizer    8P (AdamW: two fp32 moments)
+- optimizer    8P (AdamW: two fp32 moments), plus 4P with train.ema_decay (the averaged weights)
 - amp_weight_copies  2 bytes per weight of every matmul (the linears, and the target embedding
                when the output projection is tied): autocast's low-precision copies, which the
                backward pass keeps
@@ -132,7 +132,7 @@ def estimate_memory(model_cfg: ModelConfig, train_cfg, amp_dtype: str | None = N
     parts = {
         "weights": 4 * p,
         "gradients": 4 * p,
-        "optimizer": 8 * p,
+        "optimizer": (12 if getattr(train_cfg, "ema_decay", 0) > 0 else 8) * p,
         "amp_weight_copies": amp_copies,
         "activations": activations,
         "logits": n * v * (a + 8),

@@ -22,7 +22,7 @@ import resource
 import shutil
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -233,6 +233,9 @@ class Trainer:
         self.cfg.model.tgt_vocab_size = self.tgt_tok.vocab_size
         self.model = Seq2SeqTransformer(self.cfg.model).to(self.device)
         self.n_params = self.model.num_params()
+        # Weight averaging (Polyak): a copy of the parameters that trails the trained ones.
+        self.ema = ({n: p.detach().clone() for n, p in self.model.named_parameters()}
+                    if tc.ema_decay > 0 else None)
         if self.dist.rank:  # same initial weights everywhere, different dropout per process
             torch.manual_seed(tc.seed + 1_000_003 * self.dist.rank)
 
@@ -274,11 +277,34 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------
 
+    @contextmanager
+    def averaged_weights(self):
+        """Inside the block the model holds the moving average of its weights (a no-op without
+        train.ema_decay); evaluation and checkpoints use it."""
+        if self.ema is None:
+            yield
+            return
+        params = dict(self.model.named_parameters())
+        trained = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(self.ema[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(trained[n])
+
     def _checkpoint(self) -> dict:
+        with self.averaged_weights():
+            weights = {k: v.clone() if self.ema is not None else v for k, v in self.model.state_dict().items()}
+        extra = {"train_weights": self.model.state_dict()} if self.ema is not None else {}
         return {
+            **extra,
             "version": CHECKPOINT_VERSION,
             "config": to_dict(self.cfg),
-            "model": self.model.state_dict(),
+            "model": weights,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
@@ -311,7 +337,9 @@ class Trainer:
         if ckpt["config"]["model"] != to_dict(self.cfg.model):
             raise UserError(f"{path}: the checkpoint's model config differs from this run's; "
                             f"resume with the same model settings")
-        self.model.load_state_dict(ckpt["model"])
+        self.model.load_state_dict(ckpt.get("train_weights", ckpt["model"]))
+        if self.ema is not None:  # the average was saved as "model" (or, without one, starts here)
+            self.ema = {n: ckpt["model"][n].clone() for n in self.ema}
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"])
@@ -363,6 +391,11 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            # a short average early on, when the first weights are far from the later ones
+            decay = min(tc.ema_decay, (1 + self.step) / (10 + self.step))
+            torch._foreach_lerp_(list(self.ema.values()), [p.detach() for p in self.model.parameters()],
+                                 1 - decay)
         self._loss_updates += 1
         return n_tgt, n_src
 
@@ -404,9 +437,14 @@ class Trainer:
 
     # --- evaluation -----------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self) -> tuple[float, float, float | None, float | None]:
-        """(val loss per target token, per target character, BLEU, chrF) of the current model."""
+        """(val loss per target token, per target character, BLEU, chrF) of the current model
+        (of its averaged weights with train.ema_decay)."""
+        with self.averaged_weights():
+            return self._evaluate()
+
+    @torch.no_grad()
+    def _evaluate(self) -> tuple[float, float, float | None, float | None]:
         tc = self.cfg.train
         self.model.eval()
         nll = torch.zeros((), dtype=torch.float64, device=self.device)
