@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import multiprocessing
 import resource
@@ -171,17 +172,14 @@ def explore(a_trials: list[dict], args: argparse.Namespace) -> None:
     total_a = sum(t["steps"] for t in a_trials)
     print(f"\nother settings, replayed on (a)'s evaluations ({total_a:,} steps, best BLEU {best_a:.2f}):")
     print("patience | min_delta | divergence_on | median start-up trials | warm-up evals | steps | vs (a) | best BLEU")
-    for patience in (2, 3, 4, 6):
-        for min_delta in (0.0, 0.1):
-            for on in ("both", "metric"):
-                for startup in (2, 3):
-                    for warmup in (2, 4, 8):
-                        raw = variant_spec("b", args, {
-                            "stopping": {"patience": patience, "min_delta": min_delta, "divergence_on": on},
-                            "pruner": {"type": "median", "n_startup_trials": startup, "n_warmup_evals": warmup}})
-                        r = summarise(replay(a_trials, raw))
-                        print(f"{patience:>8} | {min_delta:>9} | {on:>13} | {startup:>22} | {warmup:>13} | "
-                              f"{r['steps']:>5,} | {r['steps'] / total_a:>6.2f} | {r['best']:>9.2f}")
+    grid = itertools.product((2, 3, 4, 6), (0.0, 0.1), ("both", "metric"), (2, 3), (2, 4, 8))
+    for patience, min_delta, on, startup, warmup in grid:
+        raw = variant_spec("b", args, {
+            "stopping": {"patience": patience, "min_delta": min_delta, "divergence_on": on},
+            "pruner": {"type": "median", "n_startup_trials": startup, "n_warmup_evals": warmup}})
+        r = summarise(replay(a_trials, raw))
+        print(f"{patience:>8} | {min_delta:>9} | {on:>13} | {startup:>22} | {warmup:>13} | "
+              f"{r['steps']:>5,} | {r['steps'] / total_a:>6.2f} | {r['best']:>9.2f}")
 
 
 def main() -> None:
