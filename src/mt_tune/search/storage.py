@@ -268,18 +268,20 @@ class ResilientRDBStorage(RDBStorage):
         """trial.report in one statement instead of Optuna's three (read the trial, read the
         step, write): an upsert that writes only while the trial is unfinished. When it writes
         nothing, Optuna's own path runs, and raises Optuna's error for a finished trial."""
-        if self.engine.dialect.name not in _UPSERT:
-            return with_retry(RDBStorage.set_trial_intermediate_value, self, trial_id, step, intermediate_value)
-        stored, kind = rdb_models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(intermediate_value)
-        statement = _report_statement(self.engine.dialect.name)
-        params = {"trial_id": trial_id, "step": step, "value": stored, "kind": kind}
+        dialect = self.engine.dialect.name
+        if dialect in _UPSERT:
+            stored, kind = rdb_models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(intermediate_value)
+            params = {"trial_id": trial_id, "step": step, "value": stored, "kind": kind}
 
-        def attempt() -> int:
-            with autocommit(self.engine) as conn:  # one statement: atomic without BEGIN/COMMIT
-                return conn.execute(statement, params).rowcount
+            def attempt() -> int:
+                with autocommit(self.engine) as conn:  # one statement: atomic without BEGIN/COMMIT
+                    return conn.execute(_report_statement(dialect), params).rowcount
 
-        if with_retry(attempt) == 0:  # the trial is finished, or unknown: Optuna says which
-            with_retry(RDBStorage.set_trial_intermediate_value, self, trial_id, step, intermediate_value)
+            if with_retry(attempt) > 0:
+                return
+        # Another server, or nothing written (the trial is finished, or unknown): Optuna's path,
+        # which raises its usual error.
+        with_retry(RDBStorage.set_trial_intermediate_value, self, trial_id, step, intermediate_value)
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
