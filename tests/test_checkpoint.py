@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 
 import numpy as np
 import pytest
@@ -50,6 +52,34 @@ def test_save_atomic_replaces_whole_files_and_leaves_nothing_on_failure(tmp_path
     with pytest.raises(Exception):
         save_atomic(minimal_checkpoint(step=3, unsaveable=lambda: None), path)  # a lambda cannot be pickled
     assert read_checkpoint(path)["step"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+class Interrupted(BaseException):
+    pass
+
+
+def test_a_signal_during_the_write_is_delivered_once_the_checkpoint_is_whole(tmp_path, monkeypatch):
+    # A signal handler raising inside torch.save's writes would surface as a RuntimeError from
+    # C++; held back, it is raised after the rename, and the file is complete.
+    def on_signal(_signum, _frame):
+        raise Interrupted
+
+    real_save = torch.save
+
+    def save_with_a_signal_midway(obj, f):
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_save(obj, f)
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    monkeypatch.setattr(torch, "save", save_with_a_signal_midway)
+    try:
+        with pytest.raises(Interrupted):
+            save_atomic(minimal_checkpoint(step=7), tmp_path / "last.pt")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.undo()
+    assert read_checkpoint(tmp_path / "last.pt")["step"] == 7
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 

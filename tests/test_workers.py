@@ -243,7 +243,8 @@ def test_sigterm_records_running_trials_as_interrupted_and_requeues_them(tmp_pat
     trials = study.get_trials(deepcopy=False)
     assert not any(t.state == TrialState.RUNNING for t in trials)
     interrupted = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(interrupted) == 2 and all(t.user_attrs["stop_reason"] == "interrupted" for t in interrupted)
+    seen = [(t.number, t.state.name, t.user_attrs.get("stop_reason"), t.system_attrs) for t in trials]
+    assert len(interrupted) == 2 and all(t.user_attrs.get("stop_reason") == "interrupted" for t in interrupted), (seen, output)
     # Each is queued again as a retry of the interrupted trial, as for a dead worker's, so it
     # resumes from the checkpoint it left (resuming is tested with kill -9 above).
     waiting = [t for t in trials if t.state == TrialState.WAITING]

@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,15 +89,42 @@ def save_atomic(obj: dict, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with interrupts_deferred():
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+@contextmanager
+def interrupts_deferred():
+    """SIGINT and SIGTERM held back until the block ends, then delivered as they would have
+    been.
+
+    torch.save writes through a Python file object from C++: a KeyboardInterrupt raised by a
+    signal handler inside one of those writes comes out as a RuntimeError ("unexpected pos"),
+    so a Ctrl-C'd search trial would be recorded as failed instead of interrupted. Held back,
+    the interrupt arrives just after the checkpoint is whole. (Masking the signal would not
+    do: the kernel hands a process's signal to any thread that does not mask it, torch's
+    among them.) Handlers can only be set from the main thread; elsewhere nothing is held.
+    """
+    signals = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]
+    if threading.current_thread() is not threading.main_thread():
+        signals = []
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: held.append(signum)) for s in signals}
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(held):
+            signal.raise_signal(s)
 
 
 def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
