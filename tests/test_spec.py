@@ -10,6 +10,7 @@ import optuna
 import pytest
 import yaml
 
+from mt_tune.config import load_run_config
 from mt_tune.errors import ConfigError
 from mt_tune.search.pruners import build_pruner
 from mt_tune.search.samplers import build_sampler
@@ -200,9 +201,12 @@ def test_median_pruner_warmup_is_counted_in_evaluations():
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.yaml")))
-def test_shipped_specs_are_valid(path):
+def test_shipped_specs_and_training_configs_are_valid(path):
     raw = yaml.safe_load(path.read_text())
-    if "search" not in raw:
-        pytest.skip("a training config, not a study spec")
+    if "search" not in raw:  # a training config (studies/baseline.yaml): what `mt-tune train` loads
+        cfg = load_run_config(path)
+        assert (cfg.model.enc_layers, cfg.model.dec_layers, cfg.model.d_model) == (3, 3, 256)
+        assert (cfg.model.n_heads, cfg.model.ffn_dim, cfg.train.max_minutes) == (4, 1024, 10)
+        return
     spec = build_spec(raw, check_files=False)  # the 10k/full specs name corpus files not shipped
     assert spec.budget.trials >= 1
