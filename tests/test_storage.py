@@ -298,7 +298,34 @@ def test_finished_trials_are_answered_from_the_cache_until_another_trial_finishe
         # running trials still come fresh, through Optuna's own cache
         assert reader.get_trials(states=(TrialState.RUNNING,))[0].intermediate_values == {s: float(s) for s in range(5)}
     finally:
+        reader_storage.backend.statements.close()
         reader_storage.backend.engine.dispose()
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_back_to_back_statements_share_a_connection_and_a_pause_returns_it(fresh_postgres_url, monkeypatch):
+    """A report and the pruner's query, one after the other, check out (and ping) one pooled
+    connection between them; after HELD_IDLE_S without a statement the next one checks out
+    a fresh connection; closing the storages returns it to the server."""
+    storage = st.open_storage(fresh_postgres_url)
+    study = optuna.create_study(study_name="held", storage=storage)
+    done = study.ask()
+    study.tell(done, 1.0)
+    trial = study.ask()
+    checkouts = []
+    sqlalchemy.event.listen(storage.backend.engine, "checkout", lambda *args: checkouts.append(1))
+    trial.report(1.0, 1)  # the first statement of the held connection: one checkout
+    for step in range(2, 12):  # a worker's evaluations, back to back
+        trial.report(float(step), step)
+        assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 1
+    assert len(checkouts) == 1
+    monkeypatch.setattr(st, "HELD_IDLE_S", 0.0)
+    time.sleep(0.01)
+    trial.report(12.0, 12)
+    assert len(checkouts) == 2
+    assert study.trials[1].intermediate_values == {s: float(s) for s in range(1, 13)}
+    st.close_storages()
+    assert connections(fresh_postgres_url) == 0
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")

@@ -72,10 +72,11 @@ DEFAULT_RETRY_WINDOW_S = 120.0
 # wrong host or port than a restart, and the user should hear about it quickly.
 OPEN_ATTEMPTS = 4
 
-# Each worker process has one engine. Optuna uses a connection from the main thread and one
-# from the heartbeat thread, so two connections at most: 32 workers need 64 of a default
-# server's 100. pre_ping replaces connections the server dropped while a long epoch ran;
-# recycle closes them before typical idle timeouts of servers and proxies.
+# Each worker process has one engine and two connections at most: the main thread's held one
+# (HeldConnection) and one that Optuna's session and the heartbeat thread take turns with (a
+# few milliseconds each): 32 workers need 64 of a default server's 100. pre_ping replaces
+# connections the server dropped while a long epoch ran; recycle closes them before typical
+# idle timeouts of servers and proxies.
 POSTGRES_ENGINE_KWARGS = {
     "pool_size": 1,
     "max_overflow": 1,
@@ -273,9 +274,8 @@ class ResilientRDBStorage(RDBStorage):
             stored, kind = rdb_models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(intermediate_value)
             params = {"trial_id": trial_id, "step": step, "value": stored, "kind": kind}
 
-            def attempt() -> int:
-                with autocommit(self.engine) as conn:  # one statement: atomic without BEGIN/COMMIT
-                    return conn.execute(_report_statement(dialect), params).rowcount
+            def attempt() -> int:  # one statement in autocommit: atomic without BEGIN/COMMIT
+                return self.statements.run(lambda conn: conn.execute(_report_statement(dialect), params).rowcount)
 
             if with_retry(attempt) > 0:
                 return
@@ -288,6 +288,16 @@ class ResilientRDBStorage(RDBStorage):
             with_retry(RDBStorage.record_heartbeat, self, trial_id, retry_for=self.heartbeat_interval or 1)
         except Exception as e:  # noqa: BLE001 - the next beat tries again; see the class docstring
             log.warning("heartbeat for trial id %d not recorded: %s", trial_id, _one_line(e))
+
+    @functools.cached_property
+    def statements(self) -> HeldConnection:
+        """The connection of mt-tune's own one-statement calls (report, finished-since query)."""
+        return HeldConnection(self.engine)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("statements", None)  # a live connection; a copy opens its own
+        return state
 
 
 # Every other call that reaches the database is a read or an idempotent write (an upsert):
@@ -336,6 +346,53 @@ for _name in _RETRIED_CALLS:
 def autocommit(engine: sqlalchemy.Engine) -> sqlalchemy.Connection:
     """A pooled connection for one statement, without BEGIN and COMMIT/ROLLBACK round trips."""
     return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+
+# How long a held connection may sit unused before it goes back to the pool (see HeldConnection).
+HELD_IDLE_S = 5.0
+
+
+class HeldConnection:
+    """One autocommit connection kept for back-to-back statements of the main thread.
+
+    Checking a connection out of the pool costs a round trip of its own (pool_pre_ping) plus
+    the pool's bookkeeping: about a third of a report or a should_prune, which a worker makes
+    back to back at every evaluation. Statements less than HELD_IDLE_S apart share one
+    connection; after a pause it goes back to the pool and the next statement checks out a
+    fresh, pinged one, so a connection the server dropped during a long epoch is never used.
+    Any error closes it, and the caller's retry starts on a new one. Other threads (the
+    heartbeat) check out per statement as before, so a worker still needs at most two
+    connections: this one, and one that Optuna's session and the heartbeat take turns with.
+    """
+
+    def __init__(self, engine: sqlalchemy.Engine):
+        self.engine = engine
+        self._conn: sqlalchemy.Connection | None = None
+        self._used_at = 0.0
+
+    def run(self, use: Callable[[sqlalchemy.Connection], T]) -> T:
+        if threading.current_thread() is not threading.main_thread():
+            with autocommit(self.engine) as conn:
+                return use(conn)
+        if self._conn is not None and time.monotonic() - self._used_at > HELD_IDLE_S:
+            self.close()
+        if self._conn is None:
+            self._conn = autocommit(self.engine)
+        try:
+            result = use(self._conn)
+        except BaseException:
+            self.close()
+            raise
+        self._used_at = time.monotonic()
+        return result
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a dead connection is discarded by the pool all the same
+                pass
 
 
 # INSERT ... ON CONFLICT DO UPDATE, by dialect (both servers Optuna's RDB storage is used on here)
@@ -409,9 +466,8 @@ class FinishedTrialsCache(_CachedStorage):
             running, last = list(info.unfinished_trial_ids), info.last_finished_trial_id
 
         def query() -> bool:
-            with autocommit(self.backend.engine) as conn:
-                found = conn.execute(_FINISHED_SINCE, {"study_id": study_id, "last": last, "running": running}).first()
-            return found is not None
+            params = {"study_id": study_id, "last": last, "running": running}
+            return self.backend.statements.run(lambda conn: conn.execute(_FINISHED_SINCE, params).first() is not None)
 
         return with_retry(query)
 
@@ -522,6 +578,7 @@ def close_storages() -> None:
     with _opening:
         for storage in _opened.values():
             if isinstance(storage, FinishedTrialsCache):
+                storage.backend.statements.close()
                 storage.backend.scoped_session.remove()
                 storage.backend.engine.dispose()
         _opened.clear()
