@@ -4,7 +4,8 @@ Two measurements per storage:
 
 1. Load: N worker processes run trials through `study.optimize`, each trial doing
    `trial.report` + `trial.should_prune` (median pruner) in a loop, as a training worker does
-   after every evaluation, but back to back. Reported: median and p99 milliseconds per call,
+   after every evaluation, but back to back. Reported: median and p99 milliseconds per call
+   (a report or a should_prune) and the median per evaluation (the two together),
    errors (any exception, "database is locked" included), the most connections the server saw
    (PostgreSQL only), trials finished and whether the trial numbers are unique.
 2. Recovery: a worker is killed with SIGKILL in the middle of a trial; another worker asks for
@@ -158,12 +159,14 @@ def measure_load(url: str, processes: int, trials: int, steps: int) -> dict:
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     numbers = [t.number for t in study.get_trials(deepcopy=False)]
     close_storages()
+    call_ms = [m for res in results for m in res["report_ms"] + res["prune_ms"]]
     pair_ms = [r + p for res in results for r, p in zip(res["report_ms"], res["prune_ms"])]
     errors = [e for res in results for e in res["errors"]]
     return {
-        "calls": len(pair_ms),
-        "median_ms": statistics.median(pair_ms) if pair_ms else float("nan"),
-        "p99_ms": statistics.quantiles(pair_ms, n=100)[98] if len(pair_ms) >= 100 else float("nan"),
+        "calls": len(call_ms),
+        "median_ms": statistics.median(call_ms) if call_ms else float("nan"),
+        "p99_ms": statistics.quantiles(call_ms, n=100)[98] if len(call_ms) >= 100 else float("nan"),
+        "pair_median_ms": statistics.median(pair_ms) if pair_ms else float("nan"),
         "report_median_ms": statistics.median([m for res in results for m in res["report_ms"]] or [float("nan")]),
         "prune_median_ms": statistics.median([m for res in results for m in res["prune_ms"]] or [float("nan")]),
         "errors": len(errors),
@@ -277,8 +280,8 @@ def main() -> None:
     print()
     print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at the end (1 min): "
           "with more processes than cores, the figures include waiting for a CPU")
-    print("| storage | processes | calls | median ms | p99 ms | vs postgresql | errors | peak connections | trials finished | dead trial recovered |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| storage | processes | calls | median ms per call | p99 ms per call | median ms per evaluation | vs postgresql | errors | peak connections | trials finished | dead trial recovered |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         conns = "-" if r["peak_connections"] is None else f"{r['peak_connections']} (after: {r['leftover_connections']})"
         if "dead_trial_state" not in r:
@@ -288,13 +291,14 @@ def main() -> None:
         else:
             recovered = f"no (still {r['dead_trial_state']})"
         print(
-            f"| {name} | {r['processes']} | {r['calls']} | {r['median_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"| {name} | {r['processes']} | {r['calls']} | {r['median_ms']:.2f} | {r['p99_ms']:.2f} | {r['pair_median_ms']:.2f} | "
             f"{r['median_ms'] / baseline:.2f}x | {r['errors']} | {conns} | {r['finished']} | {recovered} |"
         )
     for name, r in rows.items():
         if r["errors"]:
             print(f"errors on {name}: {r['error_kinds']}")
-    print("(one call = trial.report + trial.should_prune with the median pruner; report / should_prune medians:",
+    print("(a call: one trial.report or one trial.should_prune (median pruner); an evaluation: one of each, back to back."
+          " report / should_prune medians:",
           ", ".join(f"{n}: {r['report_median_ms']:.2f} / {r['prune_median_ms']:.2f} ms" for n, r in rows.items()) + ")")
 
 
