@@ -1,9 +1,9 @@
 """How much training the search's stopping rules save, and what they cost in BLEU.
 
-    python benchmarks/pruning.py [--trials 8] [--max-steps 1500] [--workdir /tmp/mt-tune-pruning]
+    python benchmarks/pruning.py [--trials 8] [--max-steps 1500] [--scale 1k] [--workdir /tmp/mt-tune-pruning]
                                  [--only a,b,c] [--reuse RESULTS] [--replay RESULTS] [--explore]
 
-Three studies on the bundled sample at the 1k scale, run in parallel (one thread each), with
+Three studies on the bundled sample at the 1k scale (or --scale), run in parallel (one thread each), with
 the same search space, the same sampler seed and the same number of trials, metric BLEU, and a
 per-trial step budget far past the point where such a small corpus overfits:
 
@@ -69,6 +69,7 @@ def variant_spec(key: str, args: argparse.Namespace, overrides: dict | None = No
     for section, values in (overrides or {}).items():
         raw.setdefault(section, {}).update(values)
     raw["budget"] = {"trials": args.trials, "max_steps": args.max_steps}
+    raw["data"]["scale"] = args.scale
     raw["data"]["cache_dir"] = str(args.workdir / "cache")
     return raw
 
@@ -186,6 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--max-steps", type=int, default=1500)
+    parser.add_argument("--scale", default="1k", help="training pairs of the sample: 1k (default), 2k, full")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mt-tune-pruning"))
     parser.add_argument("--only", default="a,b,c", help="variants to run (the others are replayed from (a))")
     parser.add_argument("--reuse", type=Path, help="an earlier results.json: the studies not in --only come from it")
@@ -197,17 +199,18 @@ def main() -> None:
     if args.replay:
         results = json.loads(args.replay.read_text())
         args.trials, args.max_steps = results["args"]["trials"], results["args"]["max_steps"]
+        args.scale = results["args"].get("scale", "1k")
     else:
         keys = args.only.split(",")
         results = {}
         if args.reuse:
             prior = json.loads(args.reuse.read_text())
-            if prior["args"] != {"trials": args.trials, "max_steps": args.max_steps}:
+            if prior["args"] != {"trials": args.trials, "max_steps": args.max_steps, "scale": args.scale}:
                 raise SystemExit(f"{args.reuse}: made with {prior['args']}, not this run's settings")
             results = {k: prior[k] for k in VARIANTS if k not in keys and k in prior}
         shutil.rmtree(args.workdir, ignore_errors=True)
         args.workdir.mkdir(parents=True)
-        print(f"pruning benchmark: {args.trials} trials x {args.max_steps} steps per study, 1k scale, metric BLEU "
+        print(f"pruning benchmark: {args.trials} trials x {args.max_steps} steps per study, {args.scale} scale, metric BLEU "
               f"(greedy, {BASE['train']['bleu_sentences']} validation sentences); studies {keys} in parallel",
               flush=True)
         # prepare the data once, so the studies do not race to build the same cache
@@ -217,7 +220,7 @@ def main() -> None:
         with ProcessPoolExecutor(len(keys), mp_context=multiprocessing.get_context("fork")) as pool:
             futures = {key: pool.submit(run_variant, key, args) for key in keys}
             results.update({key: f.result() for key, f in futures.items()})
-        results["args"] = {"trials": args.trials, "max_steps": args.max_steps}
+        results["args"] = {"trials": args.trials, "max_steps": args.max_steps, "scale": args.scale}
         (args.workdir / "results.json").write_text(json.dumps(results))
         print(f"results: {args.workdir / 'results.json'}")
 
