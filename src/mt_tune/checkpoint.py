@@ -113,9 +113,8 @@ def interrupts_deferred():
     do: the kernel hands a process's signal to any thread that does not mask it, torch's
     among them.) Handlers can only be set from the main thread; elsewhere nothing is held.
     """
-    signals = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]
-    if threading.current_thread() is not threading.main_thread():
-        signals = []
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    signals = [s for s in (signal.SIGINT, signal.SIGTERM) if on_main_thread and signal.getsignal(s) is not None]
     held: list[int] = []
     previous = {s: signal.signal(s, lambda signum, _frame: held.append(signum)) for s in signals}
     try:
