@@ -278,7 +278,8 @@ def held_out(results: dict, args: argparse.Namespace) -> None:
     for key in VARIANTS:
         trials = a_trials if key == "a" else replay(a_trials, variant_spec(key, args))["trials"]
         best = max((t for t in trials if t["state"] == "COMPLETE"), key=lambda t: t["value"])
-        step = max((row[3], row[0]) for row in best["history"] if row[3] is not None)[1]
+        # the step of its best BLEU, the first of equals (as the trial hook picks it)
+        step = max(((row[3], row[0]) for row in best["history"] if row[3] is not None), key=lambda p: p[0])[1]
         path = args.workdir / "artifacts" / "pruning-a" / str(best["number"]) / "best.pt"
         if key != "a":
             _, cfg, _, _ = load_checkpoint(path)
