@@ -325,9 +325,10 @@ def main() -> None:
     else:
         keys = args.only.split(",")
         results = {}
+        settings = {"trials": args.trials, "max_steps": args.max_steps, "scale": args.scale, "model": args.model}
         if args.reuse:
             prior = json.loads(args.reuse.read_text())
-            if {"scale": "1k", "model": "tiny", **prior["args"]} != {"trials": args.trials, "max_steps": args.max_steps, "scale": args.scale, "model": args.model}:
+            if {"scale": "1k", "model": "tiny", **prior["args"]} != settings:  # older files name neither
                 raise SystemExit(f"{args.reuse}: made with {prior['args']}, not this run's settings")
             results = {k: prior[k] for k in VARIANTS if k not in keys and k in prior}
         shutil.rmtree(args.workdir, ignore_errors=True)
@@ -350,7 +351,7 @@ def main() -> None:
             for key, jobs in futures.items():
                 cpu, ended = zip(*(f.result() for f in jobs))
                 results[key] = collect(key, args, max(ended) - start, sum(cpu))
-        results["args"] = {"trials": args.trials, "max_steps": args.max_steps, "scale": args.scale, "model": args.model}
+        results["args"] = settings
         (args.workdir / "results.json").write_text(json.dumps(results))
         print(f"results: {args.workdir / 'results.json'}")
 
