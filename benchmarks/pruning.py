@@ -216,13 +216,14 @@ def over_orders(a_trials: list[dict], raw_b: dict, raw_c: dict | None = None, n:
     for _ in range(n):
         order = rng.sample(a_trials, len(a_trials))
         b = replay(order, raw_b)
-        fractions.append(summarise(b)["steps"] / total)
-        bests.append(summarise(b)["best"])
+        summary = summarise(b)
+        fractions.append(summary["steps"] / total)
+        bests.append(summary["best"])
         steps = steps_to_reach(b["trials"], target)
         reached += steps is not None
         within += steps is not None and steps <= total / 3
         if raw_c is not None:
-            b_not_below_c += summarise(b)["best"] >= summarise(replay(order, raw_c))["best"]
+            b_not_below_c += summary["best"] >= summarise(replay(order, raw_c))["best"]
     q1, median, q3 = statistics.quantiles(fractions, n=4)
     return {"steps": median, "steps_q1": q1, "steps_q3": q3, "best": statistics.median(bests),
             "reached": reached / n, "within": within / n, "b_not_below_c": b_not_below_c / n}
