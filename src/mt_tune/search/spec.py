@@ -115,9 +115,11 @@ class BudgetSpec:
     trials: int = opt(12, "total trials of the study, across all workers")
     max_steps: int = opt(0, "updates per trial (0: train.max_steps)")
     max_minutes: float = opt(0.0, "wall time per trial (0: train.max_minutes)")
+    max_consecutive_failures: int = opt(3, "a worker stops (exit 1) after this many FAIL trials in a row: "
+                                           "a systematic error must not spend the whole budget")
 
     def validate(self, where: str) -> None:
-        _at_least(self, where, 1, "trials")
+        _at_least(self, where, 1, "trials", "max_consecutive_failures")
         _at_least(self, where, 0, "max_steps", "max_minutes")
 
 
