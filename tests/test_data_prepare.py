@@ -202,6 +202,11 @@ def test_damaged_shard_is_rebuilt(tmp_path, corpus):
     (first.cache_dir / "train.tgt.bin").write_bytes(b"\x00\x01")  # truncated behind our back
     again = prepare(config(tmp_path, train=[str(corpus)]))
     assert not again.cache_hit and len(again.train) == 1150
+    # the damaged directory was replaced, not kept beside the rebuilt one
+    third = prepare(config(tmp_path, train=[str(corpus)]))
+    assert third.cache_hit and third.train.pair(7)[1].tolist() == again.train.pair(7)[1].tolist()
+    assert [p.name for p in first.cache_dir.parent.iterdir() if p.name.startswith((".tmp", "shards"))] == [
+        first.cache_dir.name]
 
 
 def test_changed_corpus_is_not_a_cache_hit(tmp_path):

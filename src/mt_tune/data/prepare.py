@@ -8,7 +8,9 @@ The passes, each streaming (memory does not grow with the corpus beyond 8 bytes 
   4. vocab:  train sentencepiece on the vocab sample (unless cached);
   5. encode: tokenize the training pairs (in parallel) into memmap shards, written atomically.
 Everything lands in `cache_dir/corpus-<content hash>/`: report.json, vocab-<key>/ and
-shards-<scale>-<key>/. A second run with the same corpus and settings is a cache hit.
+shards-<scale>-<key>/. A second run with the same corpus and settings is a cache hit. Passes
+1-5 run under the corpus directory's build lock: of processes preparing one corpus at once,
+one builds and the others wait, then read its cache.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 import time
 from array import array
@@ -34,7 +37,8 @@ from mt_tune.data.clean import REASONS, Cleaner, CorpusReport, DataReport
 from mt_tune.data.progress import Progress
 from mt_tune.data.readers import Chunk, CorpusSource, open_corpus
 from mt_tune.data.shards import (
-    META, EncodedSide, Shard, ShardWriter, atomic_dir, file_sizes, ids_dtype, remove_stale_tmp, shard_files_ok,
+    META, EncodedSide, Shard, ShardWriter, atomic_dir, build_lock, file_sizes, ids_dtype, remove_stale_tmp,
+    shard_files_ok,
 )
 from mt_tune.data.splits import SplitPlan, check_size, pair_hash, plan_splits, repeated_values
 from mt_tune.data.vocab import Tokenizer, train_sentencepiece
@@ -113,17 +117,37 @@ def prepare(cfg: DataConfig, progress: bool = False) -> PreparedData:
         "clean": [cfg.max_chars, cfg.max_ratio, cfg.nfkc, cfg.dedup, cfg.src_lang, cfg.tgt_lang],
     })
     corpus_dir = Path(cfg.cache_dir) / f"corpus-{corpus_key}"
-    corpus_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(corpus_dir)
+    try:
+        corpus_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"data.cache_dir={cfg.cache_dir}: cannot create {corpus_dir} ({e.strerror})") from None
+    remove_stale_tmp(corpus_dir)  # what a builder that died left; nothing while a build runs
+    # Check, lock, check again: a finished cache is read without waiting behind a build (of
+    # another scale, say), and of processes preparing one corpus at once only one builds.
+    # One lock per corpus directory rather than per vocab or shard directory: every build writes
+    # the corpus's report.json and may train a vocabulary that several scales share, and with
+    # every temporary directory in it made under the one lock, a free lock proves one stale.
+    # Builds of two scales of a corpus run one after the other; they would share the cores anyway.
+    if (hit := _cached(cfg, corpus_dir, train_src.name, valid_size, started)) is not None:
+        return hit
+    wait = (lambda: print(f"waiting for another process to finish building {corpus_dir}", file=sys.stderr,
+                          flush=True)) if progress else None
+    with build_lock(corpus_dir, on_wait=wait):
+        if (hit := _cached(cfg, corpus_dir, train_src.name, valid_size, started)) is not None:
+            return hit
+        return _build(cfg, train_src, valid_src, cleaner, valid_size, corpus_dir, progress, started)
 
+
+def _cached(cfg: DataConfig, corpus_dir: Path, source: str, valid_size: int, started: float) -> PreparedData | None:
+    """The cache of these settings if it is complete (report, shards and vocabulary), else None."""
     cached = _read_json(corpus_dir / REPORT)
-    if cached is not None:
-        n_vocab = _vocab_sample_size(cached["usable_pairs"], cfg, train_src.name, valid_size)
-        shard_dir = corpus_dir / _shard_dir_name(cfg, n_vocab)
-        if shard_files_ok(shard_dir):
-            return _load(cfg, corpus_dir, shard_dir, DataReport.from_dict(cached["report"], cfg.max_chars),
-                         started)
-    return _build(cfg, train_src, valid_src, cleaner, valid_size, corpus_dir, progress, started)
+    if cached is None:
+        return None
+    n_vocab = _vocab_sample_size(cached["usable_pairs"], cfg, source, valid_size)
+    shard_dir = corpus_dir / _shard_dir_name(cfg, n_vocab)
+    if not (shard_files_ok(shard_dir) and (corpus_dir / _vocab_dir_name(cfg, n_vocab) / META).is_file()):
+        return None
+    return _load(cfg, corpus_dir, shard_dir, DataReport.from_dict(cached["report"], cfg.max_chars), started)
 
 
 # --- building ------------------------------------------------------------------------------
@@ -132,7 +156,7 @@ def prepare(cfg: DataConfig, progress: bool = False) -> PreparedData:
 def _build(cfg: DataConfig, train_src: CorpusSource, valid_src: CorpusSource | None, cleaner: Cleaner,
            valid_size: int, corpus_dir: Path, progress: bool, started: float) -> PreparedData:
     timings: dict[str, float] = {}
-    work = Path(tempfile.mkdtemp(prefix=f".tmp-work-{os.getpid()}-", dir=corpus_dir))
+    work = Path(tempfile.mkdtemp(prefix=".tmp-work-", dir=corpus_dir))  # under the build lock
     try:
         with Progress(progress) as bar:
             t = time.perf_counter()

@@ -5,17 +5,19 @@ One split (train or valid) is three files in a shard directory:
                                      fits in 65,535 ids, else uint32), no bos/eos
   {split}.idx                        int64 [n + 1, 2]: where pair i starts on each side
 A shard directory is built under a temporary name and renamed into place when complete, so a
-crash mid-write leaves nothing that looks like a finished shard.
+crash mid-write leaves nothing that looks like a finished shard; builds hold a file lock
+(`build_lock`), so one process builds while the others wait.
 """
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from mt_tune.data.vocab import UNK_ID
+from mt_tune.errors import DataError
 
 META = "meta.json"
 TMP_PREFIX = ".tmp-"
+LOCK = ".lock"
 
 
 def ids_dtype(vocab_size: int) -> np.dtype:
@@ -165,43 +169,110 @@ def file_sizes(directory: Path) -> dict[str, int]:
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Build a directory under a temporary name; rename it to `final` only if the block ends
-    normally. If another process finished the same directory first, theirs is kept."""
-    remove_stale_tmp(final.parent)
-    tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}-{secrets.token_hex(3)}"
+    normally. The caller holds the parent's `build_lock` and builds only what is missing or
+    damaged, so a `final` that exists is damaged: it is replaced."""
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}-{secrets.token_hex(4)}"
     tmp.mkdir(parents=True)
     try:
         yield tmp
-        try:
+        if final.exists():
+            # Moved aside, not deleted in place: a crash between the renames leaves a temporary
+            # directory (removed as stale) and no `final`, never a half-deleted `final`.
+            old = final.parent / f"{TMP_PREFIX}old-{final.name}-{secrets.token_hex(4)}"
+            os.rename(final, old)
             os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def remove_stale_tmp(parent: Path) -> None:
-    """Remove temporary directories left by processes that died while writing them."""
-    if not parent.is_dir():
-        return
-    for p in parent.iterdir():
-        if not p.name.startswith(TMP_PREFIX):
-            continue
+# --- the build lock ------------------------------------------------------------------------
+# A flock on `directory/.lock`, held for the whole of a build. Every temporary directory in
+# `directory` is made by the holder, so a temporary directory with the lock free is stale: the
+# kernel releases a flock when its holder dies, however it dies, and the lock is seen by every
+# process on the same file system, also in other containers sharing the cache volume (where
+# process ids, by which staleness used to be judged, mean nothing).
+
+_held: set[int] = set()  # file descriptors of the locks this process holds
+
+
+def _close_held_in_child() -> None:
+    # A forked child (a process-pool worker of the build) gets copies of the lock's descriptor,
+    # and a flock lasts while any copy is open: a worker outliving a killed builder would keep
+    # the lock forever. Close the copies; never LOCK_UN, which would unlock the parent's too.
+    for fd in _held:
         try:
-            pid = int(p.name.rsplit("-", 2)[-2])
-        except (ValueError, IndexError):
-            continue
-        if not _alive(pid):
-            shutil.rmtree(p, ignore_errors=True)
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
 
 
-def _alive(pid: int) -> bool:
+os.register_at_fork(after_in_child=_close_held_in_child)
+
+
+def _open_lock(directory: Path) -> int:
+    path = directory / LOCK
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except PermissionError:
+        try:  # made by another user: flock needs no write access on a local file system
+            return os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise DataError(f"{path}: cannot open the cache's build lock ({e.strerror})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot create the cache's build lock ({e.strerror}); "
+                        f"data.cache_dir must be a writable directory") from None
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
-    return True
+    except BlockingIOError:
+        return False
+
+
+@contextmanager
+def build_lock(directory: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold `directory`'s build lock: wait while another process holds it (`on_wait` is called
+    once if so), then remove the temporary directories that builders which died left there."""
+    fd = _open_lock(directory)
+    try:
+        if not _try_lock(fd):
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        _held.add(fd)
+        _remove_tmp_dirs(directory)
+        yield
+    finally:
+        _held.discard(fd)
+        os.close(fd)  # releases the lock
+
+
+def remove_stale_tmp(parent: Path) -> bool:
+    """Remove the temporary directories in `parent` if no process holds its build lock (their
+    builders died); leave them while a build runs. Does not wait. True if it removed them."""
+    if not parent.is_dir():
+        return False
+    try:
+        fd = _open_lock(parent)
+    except DataError:  # a read-only cache: nothing could be removed anyway
+        return False
+    try:
+        if not _try_lock(fd):
+            return False
+        _remove_tmp_dirs(parent)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _remove_tmp_dirs(parent: Path) -> None:
+    for p in parent.iterdir():
+        if p.name.startswith(TMP_PREFIX):
+            shutil.rmtree(p, ignore_errors=True)
