@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,13 @@ import yaml
 
 from typer.testing import CliRunner
 
+from cli_run import cli as run_cli
+from test_workers import data_cache, env_for, tiny_spec  # noqa: F401 (data_cache: a fixture)
+
 from mt_tune.cli import app
 from mt_tune.errors import ConfigError, UserError
 from mt_tune.search.spec import build_spec, load_spec, spec_from_study
-from mt_tune.search.storage import StorageUnavailable
+from mt_tune.search.storage import StorageUnavailable, close_storages
 from mt_tune.search.study import create_study, delete_study, list_studies, show_study
 
 BIN = Path(sys.executable).parent
@@ -197,3 +201,136 @@ def test_optuna_cli_reads_an_mt_tune_study_on_postgresql(fresh_postgres_url):
     assert len(trials) == 3 and trials[1]["value"] == {"bleu": 3.25}
     stored = optuna.load_study(study_name="tiny", storage=fresh_postgres_url).user_attrs["spec"]
     assert stored == build_spec(copy.deepcopy(SPEC)).to_dict()
+
+
+# --- start configurations: queued first ----------------------------------------------------
+
+
+START = [{"train.lr": 1.5e-3, "model.d_model": 64}, {"train.lr": 5.0e-4}]
+
+
+def test_create_queues_the_start_configurations_in_order(sqlite_url):
+    spec = build_spec({**copy.deepcopy(SPEC), "search_start": copy.deepcopy(START)})
+    create_study(spec, storage_url=sqlite_url)
+    loaded = optuna.load_study(study_name="tiny", storage=sqlite_url)
+    waiting = loaded.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in waiting] == START
+    assert [t.user_attrs["search_start"] for t in waiting] == [0, 1] and [t.number for t in waiting] == [0, 1]
+    assert spec_from_study(loaded).search_start == START  # stored with the spec, and read back
+    # Reusing the study (identical spec) queues nothing again.
+    create_study(spec, storage_url=sqlite_url, exists_ok=True)
+    assert len(loaded.get_trials()) == 2
+    # The first trial asked for is the first start configuration, the rest of it sampled.
+    trial = loaded.ask()
+    assert spec.suggest(trial) == START[0] and trial.number == 0
+
+
+def test_promoted_study_does_not_repeat_the_start_configurations(sqlite_url):
+    from mt_tune.search.promote import promote
+
+    source = create_study(build_spec({**copy.deepcopy(SPEC), "search_start": copy.deepcopy(START)}),
+                          storage_url=sqlite_url)
+    spec = spec_from_study(source)
+    for i in range(3):  # the two start trials, then a sampled one
+        trial = source.ask()
+        spec.suggest(trial)
+        source.tell(trial, float(i))
+    promote("tiny", "tiny-full", sqlite_url, top_k=2, scale="full", log=lambda _: None)
+    promoted = optuna.load_study(study_name="tiny-full", storage=sqlite_url)
+    assert sorted(t.user_attrs["source_rank"] for t in promoted.trials) == [1, 2]
+    assert "search_start" not in promoted.user_attrs["spec"]
+    promote("tiny", "tiny-full", sqlite_url, top_k=2, scale="full", log=lambda _: None)  # reused, not refused
+    assert len(promoted.trials) == 2
+
+
+def training_config(tmp_path: Path, **values) -> Path:
+    """A training config like studies/baseline.yaml: every section, `section.field` values set."""
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "studies" / "baseline.yaml").read_text())
+    for path, value in values.items():
+        section, _, field = path.partition(".")
+        raw[section][field] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_cli_start_from_a_training_config(tmp_path, capsys):
+    spec = spec_file(tmp_path, lambda r: (r.update(search_start=copy.deepcopy(START)),
+                                          r["search"].update({"model.n_heads": {"type": "categorical", "choices": [4],
+                                                                                "when": {"model.d_model": 64}}})))
+    url = f"sqlite:///{tmp_path}/s.db"
+    config = training_config(tmp_path, **{"train.lr": 1.0e-3, "model.d_model": 32, "model.n_heads": 4})
+    assert run_cli("study", "create", str(spec), "--storage", url, "--start-from", str(config)) == 0
+    created = capsys.readouterr()
+    assert f"first trials: search_start[2] (from {config}): train.lr=0.001, model.d_model=32" in created.out
+    # n_heads is searched only for d_model 64: the config's 4 is dropped, as a sampled trial would
+    assert "not sampled for these values, the spec's fixed value is used: model.n_heads" in created.out
+    assert "model.n_heads: 4 -> 2" in created.out and "train.max_tokens: 640 -> 4096" in created.out
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert [t.system_attrs["fixed_params"] for t in study.trials] == [*START, {"train.lr": 1e-3, "model.d_model": 32}]
+    assert spec_from_study(study).search_start[2] == {"train.lr": 1e-3, "model.d_model": 32}
+
+    # the same configuration as an entry of the spec: queued once
+    assert run_cli("study", "create", str(spec), "search.model.n_heads=null", "--name", "again", "--storage", url,
+                   "--start-from", str(training_config(tmp_path, **{"train.lr": 1.5e-3, "model.d_model": 64}))) == 0
+    again = capsys.readouterr()
+    assert "the same as search_start[0]; not queued twice" in again.out
+    assert len(optuna.load_study(study_name="again", storage=url).trials) == 2
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"train.lr": 0.01}, "train.lr: 0.01 is outside [0.0001, 0.003]"),
+    ({"model.d_model": 128}, "model.d_model: 128 is not one of the choices 32, 64"),
+])
+def test_cli_start_from_values_outside_the_space_exit_2_and_create_nothing(tmp_path, monkeypatch, capsys, values,
+                                                                          message):
+    monkeypatch.chdir(tmp_path)
+    config = training_config(tmp_path, **values)
+    assert run_cli("study", "create", str(spec_file(tmp_path)), "--start-from", str(config)) == 2
+    assert capsys.readouterr().err == f"error: --start-from {config}: {message}\n"
+    assert not (tmp_path / "mt-tune.db").exists()
+
+
+def test_cli_start_from_refuses_a_config_beyond_the_budget_or_invalid(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    spec = spec_file(tmp_path, lambda r: (r.update(search_start=copy.deepcopy(START)), r["budget"].update(trials=2)))
+    for values, message in (({"train.lr": 1e-3, "model.d_model": 32}, "3 start configurations but budget.trials is 2"),
+                            ({"model.n_heads": 3}, "model.n_heads: 3 does not divide model.d_model (256)")):
+        assert run_cli("study", "create", str(spec), "--start-from", str(training_config(tmp_path, **values))) == 2
+        assert message in capsys.readouterr().err
+    assert run_cli("study", "create", str(spec), "--start-from", str(tmp_path / "none.yaml")) == 2
+    assert f"error: --start-from: {tmp_path / 'none.yaml'}: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "mt-tune.db").exists()
+
+
+def test_cli_invalid_search_start_exits_2_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    spec = spec_file(tmp_path, lambda r: r.update(search_start=[{"train.lr": 1e-3}, {"train.lr": 0.1}]))
+    assert run_cli("study", "create", str(spec)) == 2
+    assert capsys.readouterr().err == f"error: {spec}: search_start[1].train.lr: 0.1 is outside [0.0001, 0.003]\n"
+    assert not (tmp_path / "mt-tune.db").exists()
+
+
+def test_start_configurations_run_first_in_order_once_across_two_workers(tmp_path, data_cache):
+    """Two real `mt-tune worker` processes on one SQLite study: the queued start trials are
+    popped one at a time, so each runs once, in order, before any sampled trial."""
+    url = f"sqlite:///{tmp_path}/two.db"
+    starts = [{"train.lr": lr} for lr in (1.0e-3, 2.0e-3, 5.0e-4)]
+    create_study(build_spec({**tiny_spec(data_cache, trials=5, max_steps=8), "search_start": starts}), storage_url=url)
+    close_storages()
+    workers = [subprocess.Popen([str(BIN / "mt-tune"), "worker", "tiny", "--storage", url, "--artifacts",
+                                 str(tmp_path / "artifacts")], cwd=tmp_path, env=env_for(), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+
+    trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 5  # the budget, start trials included
+    assert [t.params for t in trials[:3]] == starts and [t.user_attrs["search_start"] for t in trials[:3]] == [0, 1, 2]
+    assert not any("search_start" in t.user_attrs for t in trials[3:])
+    started = [t.datetime_start for t in trials]
+    assert started[:3] == sorted(started[:3]) and max(started[:3]) <= min(started[3:])  # first, in order
+    lrs = [t.params["train.lr"] for t in trials]
+    assert [lrs.count(s["train.lr"]) for s in starts] == [1, 1, 1]  # once each
+    ran = [len(re.findall(r"^trial +\d+ complete", out, re.M)) for out in outputs]
+    assert min(ran) >= 1 and sum(ran) == 5, outputs  # both workers took part

@@ -11,6 +11,7 @@ attrs ("spec"), so a worker anywhere needs only the study name and the storage U
     search:
       train.lr: {type: float, low: 1.0e-4, high: 2.0e-3, log: true}
       model.n_heads: {type: categorical, choices: [4, 8], when: {model.d_model: 256}}
+    search_start: [{train.lr: 1.5e-3, model.d_model: 256, model.n_heads: 4}]   # tried first
     metric: bleu
     sampler: {type: tpe, seed: 1}
     pruner: {type: median}
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,6 @@ from typing import Any
 from mt_tune.config import (
     SECTIONS,
     RunConfig,
-    _coerce,
     apply_overrides,
     build_run_config,
     build_section,
@@ -40,6 +39,8 @@ from mt_tune.config import (
     read_yaml,
 )
 from mt_tune.errors import ConfigError
+from mt_tune.search.dimensions import Dimension, parse_dimension
+from mt_tune.search.warmstart import parse_search_start
 
 # metric -> the direction that makes it better
 METRICS = {"val_loss": "minimize", "val_loss_per_char": "minimize", "bleu": "maximize", "chrf": "maximize"}
@@ -48,21 +49,8 @@ TRANSLATION_METRICS = ("bleu", "chrf")
 # Data settings that change the tokenization: a loss per subword is not comparable across them.
 TOKENIZATION_FIELDS = ("vocab_size", "vocab_type", "joint_vocab", "character_coverage", "vocab_sample", "nfkc")
 
-# Fields the study itself sets, or that cannot be a single sampled value.
-NOT_SEARCHABLE = {
-    "data.train": "corpus files are fixed for a study",
-    "data.valid": "the validation set is fixed for a study",
-    "data.format": "corpus files are fixed for a study",
-    "data.scale": "the scale is a property of the study (promotion changes it)",
-    "data.cache_dir": "it changes where data is cached, not the model",
-    "train.device": "the worker picks the device",
-    "train.keep_best_by": "it is set from the spec's metric",
-    "train.max_steps": "set it in budget.max_steps",
-    "train.max_minutes": "set it in budget.max_minutes",
-}
-
-TOP_KEYS = ["name", "data", "model", "train", "search", "metric", "direction", "sampler", "pruner",
-            "stopping", "budget", "storage"]
+TOP_KEYS = ["name", "data", "model", "train", "search", "search_start", "metric", "direction", "sampler",
+            "pruner", "stopping", "budget", "storage"]
 
 
 # --- the small sections: built and checked by config.build_section ------------------------
@@ -129,164 +117,6 @@ def _at_least(obj: Any, where: str, minimum: float, *names: str) -> None:
             raise ConfigError(f"{where}.{name}: must be >= {minimum}, got {getattr(obj, name)}")
 
 
-# --- one dimension of the search space ----------------------------------------------------
-
-
-@dataclass
-class Dimension:
-    """One searched field: `path` is "section.field", sampled under that name in Optuna."""
-
-    path: str
-    type: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: list = field(default_factory=list)
-    when: dict[str, list] = field(default_factory=dict)  # path -> values for which it is sampled
-
-    def suggest(self, trial: Any) -> Any:
-        if self.type == "float":
-            return trial.suggest_float(self.path, self.low, self.high, log=self.log, step=self.step)
-        if self.type == "int":
-            return trial.suggest_int(self.path, int(self.low), int(self.high), log=self.log,
-                                     step=int(self.step or 1))
-        return trial.suggest_categorical(self.path, self.choices)
-
-    def values(self, limit: int = 10_000) -> list:
-        """Every value it can take (ranges: the bounds only when there are too many)."""
-        if self.type == "categorical":
-            return list(self.choices)
-        if self.type == "int":
-            step = int(self.step or 1)
-            n = (int(self.high) - int(self.low)) // step + 1
-            if n <= limit:
-                return list(range(int(self.low), int(self.high) + 1, step))
-        return [self.low, self.high]
-
-    def to_dict(self) -> dict:
-        d: dict[str, Any] = {"type": self.type}
-        if self.type == "categorical":
-            d["choices"] = list(self.choices)
-        else:
-            d.update(low=self.low, high=self.high, log=self.log)
-            if self.step is not None:
-                d["step"] = self.step
-        if self.when:
-            d["when"] = {k: list(v) for k, v in self.when.items()}
-        return d
-
-
-_DIM_KEYS = ["type", "low", "high", "log", "step", "choices", "when"]
-
-
-def _field_info(path: str, where: str) -> tuple[str, dataclasses.Field, Any]:
-    """(section, field, type annotation) for "section.field", or a ConfigError naming `where`."""
-    section, _, name = path.partition(".")
-    if section not in SECTIONS:
-        raise ConfigError(f"{where}: '{path}' names no config field; use section.field with a section "
-                          f"of {', '.join(SECTIONS)}{did_you_mean(section, list(SECTIONS))}")
-    cls = SECTIONS[section]
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    if name not in fields:
-        raise ConfigError(f"{where}: '{path}' names no config field{did_you_mean(name, list(fields))}. "
-                          f"Fields of {section}: {', '.join(fields)}")
-    return section, fields[name], typing.get_type_hints(cls)[name]
-
-
-def _number(value: Any, where: str) -> float:
-    return _coerce(value, float, where, None)
-
-
-def _parse_dimension(path: Any, raw: Any, earlier: list[str], later: list[str]) -> Dimension:
-    where = f"search.{path}"
-    if not isinstance(path, str):
-        raise ConfigError(f"search: keys are field paths like train.lr, got {path!r}")
-    _section, fld, tp = _field_info(path, where)
-    if path in NOT_SEARCHABLE:
-        raise ConfigError(f"{where}: cannot be searched: {NOT_SEARCHABLE[path]}")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping like {{type: float, low: 1.0e-4, high: 1.0e-3}}, got {raw!r}")
-    for key in raw:
-        if key not in _DIM_KEYS:
-            raise ConfigError(f"{where}.{key}: unknown key{did_you_mean(str(key), _DIM_KEYS)}. "
-                              f"Valid keys: {', '.join(_DIM_KEYS)}")
-    kind = raw.get("type")
-    if kind not in ("float", "int", "categorical"):
-        raise ConfigError(f"{where}.type: {kind!r} is not one of float, int, categorical"
-                          + (did_you_mean(str(kind), ["float", "int", "categorical"]) if kind else ""))
-    dim = Dimension(path=path, type=kind)
-    if kind == "categorical":
-        for key in ("low", "high", "log", "step"):
-            if key in raw:
-                raise ConfigError(f"{where}.{key}: a categorical dimension takes only choices")
-        choices = raw.get("choices")
-        if not isinstance(choices, list):
-            raise ConfigError(f"{where}.choices: expected a list of values, got {choices!r}")
-        if not choices:
-            raise ConfigError(f"{where}.choices: empty; give at least one value")
-        for i, c in enumerate(choices):
-            if c is not None and not isinstance(c, (bool, int, float, str)):
-                raise ConfigError(f"{where}.choices[{i}]: expected a single value, got {c!r}")
-        dim.choices = [_coerce(c, tp, f"{where}.choices[{i}]", fld.metadata.get("choices"))
-                       for i, c in enumerate(choices)]
-        if len(set(map(repr, dim.choices))) != len(dim.choices):
-            raise ConfigError(f"{where}.choices: {choices} has duplicates")
-    else:
-        if "choices" in raw:
-            raise ConfigError(f"{where}.choices: only categorical dimensions take choices (type is {kind})")
-        for key in ("low", "high"):
-            if key not in raw:
-                raise ConfigError(f"{where}.{key}: missing; a {kind} dimension needs low and high")
-        dim.low, dim.high = _number(raw["low"], f"{where}.low"), _number(raw["high"], f"{where}.high")
-        dim.log = _coerce(raw.get("log", False), bool, f"{where}.log", None)
-        if raw.get("step") is not None:
-            dim.step = _number(raw["step"], f"{where}.step")
-            if dim.step <= 0:
-                raise ConfigError(f"{where}.step: must be > 0, got {raw['step']!r}")
-            if dim.log:
-                raise ConfigError(f"{where}.step: cannot be combined with log: true")
-        if dim.low >= dim.high:
-            raise ConfigError(f"{where}: low ({raw['low']}) must be below high ({raw['high']})")
-        if dim.log and dim.low <= 0:
-            raise ConfigError(f"{where}.low: log: true needs low > 0, got {raw['low']}")
-        if kind == "int":
-            for key in ("low", "high", "step"):
-                value = getattr(dim, key)
-                if value is not None and not float(value).is_integer():
-                    raise ConfigError(f"{where}.{key}: an int dimension needs integers, got {raw[key]!r}")
-            dim.low, dim.high = int(dim.low), int(dim.high)
-            dim.step = int(dim.step) if dim.step is not None else None
-        allowed = (int, float) if kind == "int" else (float,)
-        if tp not in allowed:
-            hint = "int or categorical" if tp is int else "categorical"
-            raise ConfigError(f"{where}.type: {path} takes {getattr(tp, '__name__', tp)} values; use type: {hint}")
-    dim.when = _parse_condition(raw.get("when"), where, path, earlier, later)
-    return dim
-
-
-def _parse_condition(raw: Any, where: str, path: str, earlier: list[str], later: list[str]) -> dict[str, list]:
-    """`when: {other.field: value or [values]}`: `other` is fixed, or searched above this one,
-    so that sampling in spec order always knows its value."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{where}.when: expected a mapping like {{model.d_model: 256}}, got {raw!r}")
-    out = {}
-    for other, values in raw.items():
-        w = f"{where}.when.{other}"
-        _section, fld, tp = _field_info(str(other), w)
-        if other == path:
-            raise ConfigError(f"{w}: a dimension cannot depend on itself")
-        if other in later:
-            raise ConfigError(f"{w}: {other} is searched below {path}; list it above to use it in a condition")
-        values = values if isinstance(values, list) else [values]
-        if not values:
-            raise ConfigError(f"{w}: empty list of values")
-        out[str(other)] = [_coerce(v, tp, f"{w}", fld.metadata.get("choices")) for v in values]
-    return out
-
-
 # --- the spec -----------------------------------------------------------------------------
 
 
@@ -304,6 +134,7 @@ class StudySpec:
     stopping: StoppingSpec
     budget: BudgetSpec
     storage: str | None = None  # never stored in the study (it may hold a password)
+    search_start: list[dict] = field(default_factory=list)  # tried first, in order (warmstart.py)
 
     @property
     def scale(self) -> int | None:
@@ -366,6 +197,8 @@ class StudySpec:
             "pruner": dataclasses.asdict(self.pruner),
             "stopping": dataclasses.asdict(self.stopping),
             "budget": dataclasses.asdict(self.budget),
+            # Left out when empty: specs stored before warm starts existed compare equal.
+            **({"search_start": copy.deepcopy(self.search_start)} if self.search_start else {}),
         }
 
     @classmethod
@@ -396,7 +229,7 @@ def build_spec(raw: Any, check_files: bool = True) -> StudySpec:
     paths = [str(p) for p in search_raw]
     search: list[Dimension] = []
     for i, (path, dim_raw) in enumerate(search_raw.items()):
-        search.append(_parse_dimension(path, dim_raw, paths[:i], paths[i + 1:]))
+        search.append(parse_dimension(path, dim_raw, paths[:i], paths[i + 1:]))
 
     metric = raw.get("metric", "bleu")
     if metric not in METRICS:
@@ -421,6 +254,7 @@ def build_spec(raw: Any, check_files: bool = True) -> StudySpec:
         storage=storage,
     )
     _check_spec(spec, check_files)
+    spec.search_start = parse_search_start(raw.get("search_start"), spec)  # needs the checked space
     return spec
 
 

@@ -3,6 +3,7 @@
 A study made here carries its whole spec in its user attrs ("spec", JSON), plus "scale" and
 "metric" for quick listing, and the metric's name (Optuna's metric names, shown by the
 dashboard). Any Optuna tool can read it; a worker needs only its name and the storage URL.
+The spec's start configurations are its first trials, queued here (user attr "search_start").
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
 
 def create_study(spec: StudySpec, name: str | None = None, storage_url: str | None = None,
                  exists_ok: bool = False) -> optuna.Study:
-    """Store a validated spec as a new study. An existing name is refused, unless `exists_ok`
-    and the stored spec is identical (then that study is returned)."""
+    """Store a validated spec as a new study and queue its start configurations (search_start).
+    An existing name is refused, unless `exists_ok` and the stored spec is identical (then that
+    study is returned as it is: its start configurations were queued when it was created)."""
     url = resolve_url(storage_url or spec.storage)
     storage = open_storage(url)
     name = name or spec.name
@@ -56,6 +58,10 @@ def create_study(spec: StudySpec, name: str | None = None, storage_url: str | No
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
             study.set_metric_names([spec.metric])
+        # The start configurations run first, in order: workers pop queued trials before
+        # sampling, each queued trial atomically (so once). Enqueued here, in one process.
+        for i, params in enumerate(spec.search_start):
+            study.enqueue_trial(params, user_attrs={"search_start": i}, skip_if_exists=True)
     except BaseException:
         optuna.delete_study(study_name=name, storage=storage)  # no half-made study is left behind
         raise
