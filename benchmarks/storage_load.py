@@ -8,13 +8,18 @@ Two measurements per storage:
    (a report or a should_prune) and the median per evaluation (the two together),
    errors (any exception, "database is locked" included), the most connections the server saw
    (PostgreSQL only), trials finished and whether the trial numbers are unique.
-2. Recovery: a worker is killed with SIGKILL in the middle of a trial; another worker asks for
-   its next trial. Reported: whether the dead trial was marked FAIL and re-queued, and after how
-   many seconds (heartbeat interval 1 s, grace 2 s).
+   Lost trials: trials not finished at the end (left RUNNING, or never written) out of
+   processes x trials.
+2. Recovery: a worker is killed with SIGKILL in the middle of a trial; another worker sweeps
+   for orphaned trials as a worker does before asking for its next one
+   (recover_orphaned_trials). Reported: whether the dead trial was marked FAIL and re-queued,
+   and after how many seconds (heartbeat interval 1 s, grace 2 s).
 
 The embedded default (sqlite:///mt-tune.db vs journal:///mt-tune.journal) was chosen on these
-figures; the PostgreSQL target is a median under 5 ms with 0 errors. The ratio printed is each
-storage's median call time over PostgreSQL's (the baseline, measured in the same run).
+figures; the PostgreSQL target is 8 processes with 0 errors and 0 lost trials (mt-tune uses
+only Optuna's public API, so there is no latency target: these calls come once per
+evaluation, seconds to minutes apart). The ratio printed is each storage's median call time
+over PostgreSQL's (the baseline, measured in the same run).
 
     python benchmarks/storage_load.py [--postgres URL] [--processes 8] [--trials 5] [--steps 40]
 
@@ -172,6 +177,7 @@ def measure_load(url: str, processes: int, trials: int, steps: int) -> dict:
         "errors": len(errors),
         "error_kinds": sorted(set(errors))[:3],
         "finished": len(finished),
+        "lost": processes * trials - len(finished),
         "unique_numbers": len(numbers) == len(set(numbers)),
         "peak_connections": peak["connections"] if is_postgres else None,
         "leftover_connections": leftover,
@@ -196,7 +202,7 @@ def measure_recovery(url: str, wait_s: float = 15.0) -> dict:
 def _measure_recovery(url: str, wait_s: float) -> dict:
     import optuna
 
-    from mt_tune.search.storage import close_storages, open_storage
+    from mt_tune.search.storage import close_storages, open_storage, recover_orphaned_trials
 
     _quiet_optuna()
     study_name = f"recovery-{uuid.uuid4().hex[:8]}"
@@ -215,8 +221,8 @@ def _measure_recovery(url: str, wait_s: float) -> dict:
 
     recovered_after = None
     while time.monotonic() - killed_at < wait_s:
-        # What study.optimize does before it asks for a trial (a no-op without heartbeats).
-        optuna.storages.fail_stale_trials(study)
+        # What a worker does before it asks for a trial (nothing on the journal: no heartbeats).
+        recover_orphaned_trials(study)
         trials = study.get_trials(deepcopy=False)
         if trials[0].state == optuna.trial.TrialState.FAIL and any(t.state == optuna.trial.TrialState.WAITING for t in trials):
             recovered_after = time.monotonic() - killed_at
@@ -280,8 +286,8 @@ def main() -> None:
     print()
     print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at the end (1 min): "
           "with more processes than cores, the figures include waiting for a CPU")
-    print("| storage | processes | calls | median ms per call | p99 ms per call | median ms per evaluation | vs postgresql | errors | peak connections | trials finished | dead trial recovered |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| storage | processes | calls | median ms per call | p99 ms per call | median ms per evaluation | vs postgresql | errors | lost trials | peak connections | trials finished | dead trial recovered |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         conns = "-" if r["peak_connections"] is None else f"{r['peak_connections']} (after: {r['leftover_connections']})"
         if "dead_trial_state" not in r:
@@ -292,7 +298,7 @@ def main() -> None:
             recovered = f"no (still {r['dead_trial_state']})"
         print(
             f"| {name} | {r['processes']} | {r['calls']} | {r['median_ms']:.2f} | {r['p99_ms']:.2f} | {r['pair_median_ms']:.2f} | "
-            f"{r['median_ms'] / baseline:.2f}x | {r['errors']} | {conns} | {r['finished']} | {recovered} |"
+            f"{r['median_ms'] / baseline:.2f}x | {r['errors']} | {r['lost']} | {conns} | {r['finished']} | {recovered} |"
         )
     for name, r in rows.items():
         if r["errors"]:

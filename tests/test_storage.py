@@ -13,9 +13,8 @@ from pathlib import Path
 import optuna
 import psycopg
 import pytest
-import sqlalchemy.event
 import sqlalchemy.exc
-from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
@@ -44,6 +43,13 @@ def connections(url: str) -> int:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         return conn.execute("select count(*) from pg_stat_activity where datname = current_database() "
                             "and pid <> pg_backend_pid()").fetchone()[0]
+
+
+def wait_until(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -136,16 +142,17 @@ def test_heartbeat_settings_default_and_from_environment(monkeypatch):
         st.heartbeat_settings()
 
 
-def test_postgresql_storage_has_heartbeats_retry_callback_and_a_small_checked_pool(fresh_postgres_url, monkeypatch):
+def test_postgresql_storage_has_heartbeats_retries_and_a_small_checked_pool(fresh_postgres_url, monkeypatch):
     monkeypatch.setenv(st.HEARTBEAT_ENV, "5")
+    monkeypatch.setenv(st.MAX_RETRY_ENV, "2")
     storage = st.open_storage(fresh_postgres_url)
     assert st.open_storage(fresh_postgres_url.replace("postgresql+psycopg", "postgresql")) is storage
-    assert isinstance(storage, st.FinishedTrialsCache) and isinstance(storage.backend, st.ResilientRDBStorage)
-    assert storage.get_heartbeat_interval() == 5 and storage.backend.grace_period == 15
-    assert isinstance(storage.get_heartbeat_stale_trial_callback(), RetryHeartbeatStaleTrialCallback)
-    rdb = storage.backend
-    assert rdb.failed_trial_callback is rdb.heartbeat_stale_trial_callback  # the new name, not the old
-    pool = rdb.engine.pool
+    assert isinstance(storage, st.ResilientStorage) and isinstance(storage.rdb, optuna.storages.RDBStorage)
+    assert (storage.heartbeat_interval, storage.grace_period, storage.max_retry) == (5, 15, 2)
+    # Not an RDBStorage, so Optuna uses it as it is instead of wrapping it in its private cache
+    study = optuna.create_study(study_name="as-is", storage=storage)
+    assert not isinstance(storage, optuna.storages.RDBStorage) and study.study_name == "as-is"
+    pool = storage.rdb.engine.pool
     assert (pool.size(), pool._max_overflow, pool._pre_ping, pool._recycle) == (1, 1, True, 1800)
 
 
@@ -157,7 +164,7 @@ def test_workers_do_not_create_the_schema(fresh_postgres_url, tmp_path):
     assert not (tmp_path / "none.db").exists()  # no empty database file left behind
     st.open_storage(fresh_postgres_url, create_schema=True)
     st.close_storages()
-    assert isinstance(st.open_storage(fresh_postgres_url, create_schema=False).backend, st.ResilientRDBStorage)
+    assert isinstance(st.open_storage(fresh_postgres_url, create_schema=False), st.ResilientStorage)
 
 
 def test_a_worker_process_uses_at_most_two_connections_and_returns_them(fresh_postgres_url, monkeypatch):
@@ -247,88 +254,6 @@ def test_with_retry_gives_up_after_its_window_and_never_retries_other_errors():
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
-@pytest.mark.parametrize("server", ["postgresql", "sqlite"])
-def test_report_is_one_upsert_that_refuses_a_finished_trial(server, fresh_postgres_url, tmp_path):
-    url = fresh_postgres_url if server == "postgresql" else f"sqlite:///{tmp_path}/r.db"
-    storage = st.open_storage(url)
-    study = optuna.create_study(study_name="report", storage=storage)
-    trial = study.ask()
-    statements = []
-    sqlalchemy.event.listen(storage.backend.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-    trial.report(1.0, 1)
-    assert len(statements) == 1 and "ON CONFLICT" in statements[0]
-    storage.set_trial_intermediate_value(trial._trial_id, 1, 2.5)  # the same step again: replaced
-    trial.report(float("inf"), 2)
-    trial.report(float("nan"), 3)
-    study.tell(trial, 2.5)
-    values = study.trials[0].intermediate_values
-    assert values[1] == 2.5 and values[2] == float("inf") and values[3] != values[3]
-    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
-        storage.set_trial_intermediate_value(trial._trial_id, 4, 1.0)
-
-
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
-def test_finished_trials_are_answered_from_the_cache_until_another_trial_finishes(fresh_postgres_url):
-    """What a median pruner asks at every report (the COMPLETE trials) costs one small query
-    while nothing finished, and is never stale: another process's finished trial shows at once."""
-    writer = optuna.create_study(study_name="cache", storage=st.open_storage(fresh_postgres_url))
-    for i in range(3):
-        done = writer.ask()
-        done.report(float(i), 1)
-        writer.tell(done, float(i))
-    other = writer.ask()  # another worker's running trial
-    reader_storage = st.FinishedTrialsCache(st.ResilientRDBStorage(fresh_postgres_url))
-    reader = optuna.load_study(study_name="cache", storage=reader_storage)
-    mine = reader.ask()
-    statements = []
-    sqlalchemy.event.listen(reader_storage.backend.engine, "before_cursor_execute",
-                            lambda *args: statements.append(args[2]))
-    try:
-        assert [t.value for t in reader.get_trials(states=(TrialState.COMPLETE,))] == [0.0, 1.0, 2.0]
-        for step in range(5):  # what a worker does at each evaluation
-            mine.report(float(step), step)
-            other.report(float(step), step)
-            statements.clear()
-            completed = reader.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            assert len(completed) == 3
-            assert len(statements) == 1 and "trial_intermediate_values" not in statements[0]
-        writer.tell(other, 9.0)
-        assert [t.value for t in reader.get_trials(states=(TrialState.COMPLETE,))] == [0.0, 1.0, 2.0, 9.0]
-        assert reader.get_trials(states=(TrialState.COMPLETE,))[-1].intermediate_values == {s: float(s) for s in range(5)}
-        # running trials still come fresh, through Optuna's own cache
-        assert reader.get_trials(states=(TrialState.RUNNING,))[0].intermediate_values == {s: float(s) for s in range(5)}
-    finally:
-        reader_storage.backend.statements.close()
-        reader_storage.backend.engine.dispose()
-
-
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
-def test_back_to_back_statements_share_a_connection_and_a_pause_returns_it(fresh_postgres_url, monkeypatch):
-    """A report and the pruner's query, one after the other, check out (and ping) one pooled
-    connection between them; after HELD_IDLE_S without a statement the next one checks out
-    a fresh connection; closing the storages returns it to the server."""
-    storage = st.open_storage(fresh_postgres_url)
-    study = optuna.create_study(study_name="held", storage=storage)
-    done = study.ask()
-    study.tell(done, 1.0)
-    trial = study.ask()
-    checkouts = []
-    sqlalchemy.event.listen(storage.backend.engine, "checkout", lambda *args: checkouts.append(1))
-    trial.report(1.0, 1)  # the first statement of the held connection: one checkout
-    for step in range(2, 12):  # a worker's evaluations, back to back
-        trial.report(float(step), step)
-        assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 1
-    assert len(checkouts) == 1
-    monkeypatch.setattr(st, "HELD_IDLE_S", 0.0)
-    time.sleep(0.01)
-    trial.report(12.0, 12)
-    assert len(checkouts) == 2
-    assert study.trials[1].intermediate_values == {s: float(s) for s in range(1, 13)}
-    st.close_storages()
-    assert connections(fresh_postgres_url) == 0
-
-
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_finishing_a_trial_is_not_lost_when_the_reply_to_a_commit_is(fresh_postgres_url, monkeypatch):
     """The commit went through, the connection dropped before the reply: the retry finds the
     trial finished, and that is success, not UpdateFinishedTrialError."""
@@ -351,21 +276,30 @@ def test_finishing_a_trial_is_not_lost_when_the_reply_to_a_commit_is(fresh_postg
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
-def test_a_failed_heartbeat_is_logged_not_raised(fresh_postgres_url, monkeypatch, caplog):
-    """Optuna's heartbeat thread ends at its first exception, after which a live trial would be
-    declared dead; so a heartbeat that cannot be written is skipped until the next one."""
+def test_a_failed_heartbeat_is_logged_and_the_next_one_is_written(fresh_postgres_url, monkeypatch, caplog):
+    """A heartbeat that cannot be written is skipped, not raised: the thread that writes them
+    goes on, and the next beat lands once the server is back."""
     monkeypatch.setenv(st.HEARTBEAT_ENV, "1")
     storage = st.open_storage(fresh_postgres_url)
-    trial = optuna.create_study(study_name="beat", storage=storage).ask()
+    study = optuna.create_study(study_name="beat", storage=storage)
+    trial = study.ask()
     error = refused_connection_error()
+    write = optuna.storages.RDBStorage.set_trial_system_attr
+    down = [True]
 
-    def server_down(self, trial_id):
-        raise error
+    def server_down(self, trial_id, key, value):
+        if down[0] and key == st.HEARTBEAT_KEY:
+            raise error
+        return write(self, trial_id, key, value)
 
-    monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", server_down)
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_system_attr", server_down)
     with caplog.at_level(logging.WARNING, logger="mt_tune.storage"):
-        storage.record_heartbeat(trial._trial_id)
-    assert f"heartbeat for trial id {trial._trial_id} not recorded" in caplog.text
+        wait_until(lambda: "not recorded" in caplog.text, 10)
+    assert "heartbeat for trial id" in caplog.text and "ConnectionRefused" not in caplog.text.split("not recorded")[0][-5:]
+    before = study.trials[0].system_attrs[st.HEARTBEAT_KEY]
+    down[0] = False
+    wait_until(lambda: study.trials[0].system_attrs[st.HEARTBEAT_KEY] > before, 10)
+    study.tell(trial, 1.0)
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
@@ -383,3 +317,154 @@ def test_storage_calls_ride_out_a_server_that_drops_every_connection(fresh_postg
     trial.report(2.0, 2)
     study.tell(trial, 2.0)
     assert study.trials[0].intermediate_values == {1: 1.0, 2: 2.0}
+
+
+# --- lost replies: a commit that went through, a connection that dropped before the answer ---
+
+
+def losing_the_first_reply(monkeypatch, name: str, when=lambda *args: True) -> list:
+    """Make RDBStorage.<name> commit and then fail, once, as a dropped connection does."""
+    real = getattr(optuna.storages.RDBStorage, name)
+    lost = []
+
+    def commit_and_lose_reply(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        if not lost and when(*args):
+            lost.append(args)
+            raise refused_connection_error()
+        return result
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, name, commit_and_lose_reply)
+    return lost
+
+
+def test_creating_a_trial_is_not_doubled_when_the_reply_to_its_commit_is_lost(fresh_postgres_url, monkeypatch):
+    """The retry finds the trial its first attempt made (by its token): one trial, the one the
+    worker then runs, and none left RUNNING; the same for a queued (enqueued) trial."""
+    study = optuna.create_study(study_name="lost-create", storage=st.open_storage(fresh_postgres_url))
+    lost = losing_the_first_reply(monkeypatch, "create_new_trial")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert lost and [t.state for t in study.trials] == [TrialState.COMPLETE]
+
+    lost = losing_the_first_reply(monkeypatch, "create_new_trial")
+    study.enqueue_trial({"x": 0.5})
+    assert lost and [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.WAITING]
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2 and study.trials[1].params == {"x": 0.5}
+
+
+def test_finishing_a_trial_and_creating_a_study_survive_a_lost_reply(fresh_postgres_url, monkeypatch):
+    storage = st.open_storage(fresh_postgres_url)
+    lost = losing_the_first_reply(monkeypatch, "create_new_study")
+    study = optuna.create_study(study_name="lost-study", storage=storage)
+    assert lost and [s.study_name for s in storage.get_all_studies()] == ["lost-study"]
+    lost = losing_the_first_reply(monkeypatch, "delete_study")
+    optuna.delete_study(study_name=study.study_name, storage=storage)
+    assert lost and storage.get_all_studies() == []
+
+
+def test_a_queued_trial_taken_while_the_reply_is_lost_is_recovered_and_its_params_run(fresh_postgres_url, monkeypatch):
+    """Taking a queued trial (WAITING -> RUNNING) committed, but the worker never heard: its
+    retry answers "taken", Optuna moves on, and the trial is RUNNING with no heartbeat. After the
+    grace period it is failed and queued again with its params, and those params run; it does
+    not count toward the budget."""
+    monkeypatch.setenv(st.HEARTBEAT_ENV, "1")
+    monkeypatch.setenv(st.GRACE_ENV, "2")
+    study = optuna.create_study(study_name="lost-pop", storage=st.open_storage(fresh_postgres_url))
+    study.enqueue_trial({"x": 0.25})
+    lost = losing_the_first_reply(monkeypatch, "set_trial_state_values", when=lambda _id, state, *a: state == TrialState.RUNNING)
+    trial = study.ask({"x": FloatDistribution(0, 1)})
+    assert lost and trial.number == 1  # not the queued trial
+    study.tell(trial, 1.0)
+    orphan = study.trials[0]
+    assert orphan.state == TrialState.RUNNING and st.HEARTBEAT_KEY not in orphan.system_attrs
+    assert st.recover_orphaned_trials(study) == []  # within the grace period: maybe alive
+    time.sleep(2.5)
+    assert st.recover_orphaned_trials(study) == [0]
+    assert st.recover_orphaned_trials(study) == []  # once only
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE], states
+    retry = study.trials[2]
+    assert retry.params == {"x": 0.25} and retry.system_attrs["retry_history"] == [0]
+    from mt_tune.search.worker import counts_toward_budget
+
+    assert [t.number for t in counts_toward_budget(study.trials)] == [1, 2]
+
+
+def test_a_live_trial_beats_and_a_silent_one_is_recovered_once(fresh_postgres_url, monkeypatch):
+    """A trial beats while it runs (so it is never taken for dead), and stops when it
+    finishes; a trial whose process stopped (its storage closed: no more beats) is failed
+    after the grace period by another process, and queued once even if two processes sweep."""
+    monkeypatch.setenv(st.HEARTBEAT_ENV, "1")
+    monkeypatch.setenv(st.GRACE_ENV, "2")
+    storage = st.open_storage(fresh_postgres_url)
+    study = optuna.create_study(study_name="beats", storage=storage)
+    alive, dead = study.ask(), study.ask()
+    dying = st.ResilientStorage(optuna.storages.RDBStorage(fresh_postgres_url), 1, 2, 3)
+    silent = optuna.load_study(study_name="beats", storage=dying).ask()
+    dying.close()  # its process is gone
+    first = study.trials[alive.number].system_attrs[st.HEARTBEAT_KEY]
+    time.sleep(3.2)
+    assert study.trials[alive.number].system_attrs[st.HEARTBEAT_KEY] > first + 1.5
+    study.tell(dead, 0.0)
+    other = optuna.load_study(study_name="beats", storage=st.ResilientStorage(optuna.storages.RDBStorage(fresh_postgres_url), 1, 2, 3))
+    assert st.recover_orphaned_trials(other) == [silent.number]
+    assert st.recover_orphaned_trials(study) == []
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING], states
+    study.tell(alive, 1.0)
+    finished_beat = study.trials[alive.number].system_attrs[st.HEARTBEAT_KEY]
+    time.sleep(1.5)
+    assert study.trials[alive.number].system_attrs[st.HEARTBEAT_KEY] == finished_beat  # no beat after the end
+
+
+# --- public API only -------------------------------------------------------------------------
+
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def private_uses(source: str) -> list[str]:
+    """Where Python source reaches into Optuna or optuna-dashboard internals: an import of a
+    private module or name of theirs, or (in a module that imports either) any `x._name` or
+    getattr/setattr/hasattr of an underscore name on anything but self/cls."""
+    import ast
+
+    tree = ast.parse(source)
+    found, imports_them = [], False
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for module in modules:
+                if module.split(".")[0] in ("optuna", "optuna_dashboard"):
+                    imports_them = True
+                    parts = module.split(".") + ([a.name for a in node.names] if isinstance(node, ast.ImportFrom) else [])
+                    found += [f"line {node.lineno}: import {module}" for p in parts if p.startswith("_") and not p.startswith("__")][:1]
+    if not imports_them:
+        return found
+    for node in ast.walk(tree):
+        owner = None
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            owner, name = node.value, node.attr
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "setattr", "hasattr")
+              and len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
+              and str(node.args[1].value).startswith("_") and not str(node.args[1].value).startswith("__")):
+            owner, name = node.args[0], node.args[1].value
+        if owner is not None and not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
+            found.append(f"line {node.lineno}: {ast.unparse(owner)}.{name}")
+    return found
+
+
+def test_the_private_use_check_sees_what_the_old_code_did():
+    assert private_uses("from optuna.storages._cached_storage import _CachedStorage\n")
+    assert private_uses("from optuna_dashboard import _note\n")
+    assert private_uses("import optuna\ndef f(study):\n    return study._storage\n")
+    assert private_uses("import optuna\nsetattr(optuna.storages.RDBStorage, '_get_trials', None)\n")
+    assert not private_uses("import optuna\nclass A:\n    def f(self):\n        return self._x\n")
+    assert not private_uses("import torch\ntorch._foreach_add_([], [])\n")  # not Optuna's
+
+
+def test_no_module_in_src_touches_optuna_or_dashboard_internals():
+    offenders = {str(p.relative_to(SRC)): private_uses(p.read_text()) for p in sorted(SRC.rglob("*.py"))}
+    assert {k: v for k, v in offenders.items() if v} == {}

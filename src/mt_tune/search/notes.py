@@ -2,8 +2,8 @@
 
 A trial's note says what ran and how it ended (resolved config in short, stop reason, best step,
 throughput, size, BLEU); a study's note holds its spec and, for a promoted study, the transfer
-table. Notes live in the study's system attrs in optuna-dashboard's own format, so the
-dashboard (and `optuna_dashboard.get_note`) reads them back.
+table. Notes are written and read with optuna-dashboard's public save_note and get_note, so
+they are in its own format wherever it keeps them.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from typing import Any
 
 import optuna
 import yaml
-from optuna_dashboard import _note as dashboard_note  # save_note only takes live trials; see _save
+from optuna_dashboard import get_note, save_note
 
 from mt_tune.errors import UserError
 from mt_tune.search.spec import StudySpec, spec_from_study
+from mt_tune.search.storage import open_storage, opened_storage_holding
 from mt_tune.search.transfer import TRANSFER_COLUMNS, format_transfer_table, transfer_report
 
 
@@ -110,31 +111,41 @@ def study_note(study: optuna.Study) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _save(study: optuna.Study, trial_id: int | None, body: str) -> None:
-    # optuna_dashboard.save_note needs a live optuna.Trial; a finished trial is written the same
-    # way (next note version, body split over system attrs) through the functions save_note uses.
-    storage = study._storage
-    attrs = storage.get_study_system_attrs(study._study_id)
-    version = int(attrs.get(dashboard_note.note_ver_key(trial_id), 0)) + 1
-    dashboard_note.save_note_with_version(storage, study._study_id, trial_id, version, body)
+def _live_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial | int,
+                storage: optuna.storages.BaseStorage | str | None) -> optuna.Trial:
+    """The optuna.Trial that save_note and get_note take, for a trial of the study (finished or
+    not). Optuna gives a study's storage and a trial's id to no public caller, so the storage is
+    the one given, or the one this process opened that holds the study; the id comes from the
+    storage's public lookup by trial number. The Trial is made on a second study object with a
+    RandomSampler, whose before_trial (run by Trial()) writes nothing to a finished trial."""
+    if isinstance(storage, str):
+        storage = open_storage(storage)
+    storage = storage or opened_storage_holding(study.study_name)
+    if storage is None:
+        raise ValueError(f"study {study.study_name!r}: pass the storage that holds it to write or read a trial's note")
+    number = trial if isinstance(trial, int) else trial.number
+    study_id = storage.get_study_id_from_name(study.study_name)
+    quiet = optuna.load_study(study_name=study.study_name, storage=storage, sampler=optuna.samplers.RandomSampler())
+    return optuna.Trial(quiet, storage.get_trial_id_from_study_id_trial_number(study_id, number))
 
 
-def write_trial_note(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial | int) -> None:
-    """Attach the trial's note (call it when the trial has finished: it reads the final attrs)."""
-    if isinstance(trial, int):
-        trial = study.get_trials(deepcopy=False)[trial]
-    elif isinstance(trial, optuna.Trial):
-        trial = study._storage.get_trial(trial._trial_id)
-    _save(study, trial._trial_id, trial_note(trial, _study_spec(study)))
+def write_trial_note(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial | int,
+                     storage: optuna.storages.BaseStorage | str | None = None) -> None:
+    """Attach the trial's note (call it when the trial has finished: it reads the final attrs).
+    storage: the study's (or its URL), when this process did not open it with open_storage."""
+    live = trial if isinstance(trial, optuna.Trial) else _live_trial(study, trial, storage)
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == live.number)
+    save_note(live, trial_note(frozen, _study_spec(study)))
 
 
 def write_study_note(study: optuna.Study) -> None:
     """Attach (or refresh) the study's note."""
-    _save(study, None, study_note(study))
+    save_note(study, study_note(study))
 
 
-def read_note(study: optuna.Study, trial: optuna.trial.FrozenTrial | None = None) -> str:
+def read_note(study: optuna.Study, trial: optuna.trial.FrozenTrial | None = None,
+              storage: optuna.storages.BaseStorage | str | None = None) -> str:
     """A note's markdown ("" when none), as the dashboard shows it."""
-    attrs = study._storage.get_study_system_attrs(study._study_id)
-    return dashboard_note.get_note_from_system_attrs(attrs, None if trial is None else trial._trial_id)["body"]
-
+    if trial is None:
+        return get_note(study)
+    return get_note(trial if isinstance(trial, optuna.Trial) else _live_trial(study, trial, storage))
