@@ -43,22 +43,23 @@ def make_study(storage) -> optuna.Study:
             value=bleu, params={"train.lr": lr}, distributions={"train.lr": FloatDistribution(1e-4, 3e-3, log=True)},
             intermediate_values={100: bleu - 1, 200: bleu, 300: bleu - 0.5}, user_attrs=dict(ATTRS, bleu=bleu)))
     for t in study.trials:
-        write_trial_note(study, t)
+        write_trial_note(study, t, storage)
     write_study_note(study)
     return study
 
 
 def test_trial_note_says_what_ran_and_how_it_ended():
-    study = make_study(optuna.storages.InMemoryStorage())
-    note = read_note(study, study.trials[0])
+    storage = optuna.storages.InMemoryStorage()
+    study = make_study(storage)
+    note = read_note(study, study.trials[0], storage)
     assert note.startswith("## Trial 0 · complete · bleu 7.25")
     for text in ("| stop reason | diverged |", "| best step | 200 of 300 steps |", "| BLEU / chrF | 7.25 / 30.50 |",
                  "| tokens/s | 2,346 |", "| parameters | 1.2M |", "`train.lr=0.001`",
                  "- model: d_model 64, heads 2, layers 1+1, ffn 128", "lr 0.001", "max_steps 300"):
         assert text in note, text
     # rewriting a note replaces it (a new version), it does not append
-    write_trial_note(study, study.trials[0].number)
-    assert read_note(study, study.trials[0]) == note
+    write_trial_note(study, study.trials[0].number, storage)
+    assert read_note(study, study.trials[0], storage) == note
 
 
 def test_trial_note_of_a_foreign_study_uses_what_the_trial_has():

@@ -64,12 +64,12 @@ def requeue_on_interrupt(objective: Callable[[optuna.Trial], float]) -> Callable
 
 
 def budget_used(study: optuna.Study) -> int:
-    # A dead worker's trial stays RUNNING, and would count, until some worker fails it and
-    # queues its retry; do that first, or workers that see the budget taken would all exit
-    # and leave it RUNNING for ever.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+    # A dead worker's trial (or one orphaned by a lost reply) stays RUNNING, and would count,
+    # until some worker fails it and queues its retry; do that first, or workers that see the
+    # budget taken would all exit and leave it RUNNING for ever.
+    from mt_tune.search.storage import recover_orphaned_trials
+
+    recover_orphaned_trials(study)
     return len(counts_toward_budget(study.get_trials(deepcopy=False)))
 
 
