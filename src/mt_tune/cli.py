@@ -257,22 +257,42 @@ def study_create(
     storage: Optional[str] = typer.Option(None, "--storage", help="storage URL [default: the spec's storage, "
                                           "else $MT_TUNE_STORAGE, else sqlite:///mt-tune.db]"),
     exists_ok: bool = typer.Option(False, "--exists-ok", help="reuse an existing study if its spec is identical"),
+    start_from: Optional[Path] = typer.Option(None, "--start-from", metavar="CONFIG", help="a training config "
+                                              "(e.g. studies/baseline.yaml, an exported best): its values of the "
+                                              "searched fields are tried first, after the spec's search_start"),
 ) -> None:
-    """Validate a spec and store it as a new study (nothing is written for an invalid spec)."""
+    """Validate a spec and store it as a new study (nothing is written for an invalid spec);
+    its start configurations (search_start, --start-from) are queued as its first trials."""
     import optuna
 
     from mt_tune.config import format_scale
     from mt_tune.search.spec import load_spec
     from mt_tune.search.storage import mask_url, resolve_url
     from mt_tune.search.study import create_study
+    from mt_tune.search.warmstart import add_start_from
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "study created" line repeats ours
     spec = load_spec(spec_path, list(overrides or []))
+    added = add_start_from(spec, start_from) if start_from is not None else None
     study = create_study(spec, name=name, storage_url=storage, exists_ok=exists_ok)
     out.print(f"study {study.study_name!r} in {mask_url(resolve_url(storage or spec.storage))}: "
               f"{len(spec.search)} searched parameters, metric {spec.metric} ({spec.direction}), "
-              f"scale {format_scale(spec.scale)}, budget {spec.budget.trials} trials\n"
-              f"next: mt-tune worker {study.study_name}", markup=False, highlight=False)
+              f"scale {format_scale(spec.scale)}, budget {spec.budget.trials} trials",
+              markup=False, highlight=False, soft_wrap=True)
+    for i, params in enumerate(spec.search_start):
+        source = f" (from {start_from})" if added and not added.duplicate and i == added.index else ""
+        out.print(f"first trials: search_start[{i}]{source}: " + ", ".join(f"{k}={v}" for k, v in params.items()),
+                  markup=False, highlight=False, soft_wrap=True)
+    if added and added.duplicate:
+        out.print(f"--start-from {start_from}: the same as search_start[{added.index}]; not queued twice",
+                  markup=False, highlight=False, soft_wrap=True)
+    if added and added.dropped:
+        out.print(f"--start-from {start_from}: not sampled for these values, the spec's fixed value is used: "
+                  f"{', '.join(added.dropped)}", markup=False, highlight=False, soft_wrap=True)
+    if added and added.differences:
+        out.print(f"--start-from {start_from}: fixed in the spec, so not as in the config: "
+                  f"{'; '.join(added.differences)}", markup=False, highlight=False, soft_wrap=True)
+    out.print(f"next: mt-tune worker {study.study_name}", markup=False, highlight=False)
 
 
 @study_app.command("list")

@@ -46,8 +46,8 @@ class PromotionResult:
 
 
 def _comparable(spec_dict: dict) -> dict:
-    """A spec without what promotion changes (name, data.scale, budget)."""
-    d = {k: v for k, v in spec_dict.items() if k not in ("name", "budget", "storage")}
+    """A spec without what promotion changes (name, data.scale, budget, search_start)."""
+    d = {k: v for k, v in spec_dict.items() if k not in ("name", "budget", "storage", "search_start")}
     d["data"] = {k: v for k, v in (d.get("data") or {}).items() if k != "scale"}
     return d
 
@@ -65,6 +65,7 @@ def destination_spec(spec: StudySpec, name: str, scale: Any, steps_factor: float
     """The source spec at another scale, with the per-trial limits multiplied by steps_factor."""
     d = spec.to_dict()
     d["name"] = name
+    d.pop("search_start", None)  # a promoted study runs the promoted trials, not the source's start
     d["data"] = dict(d.get("data") or {})
     d["data"]["scale"] = format_scale(parse_scale(scale, "--scale"))
     budget = dict(d.get("budget") or {})
