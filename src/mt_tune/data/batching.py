@@ -7,10 +7,17 @@ Neighbours in that order have nearly equal lengths on both sides, so little is p
 (13.7 % on the bundled sample at 4,096 tokens; sorting by source then target length: 22 %). The
 order of the batches is then shuffled by (seed, epoch). Everything depends only on the shard,
 max_tokens, the seed and the epoch, so a resumed iterator replays exactly.
+
+`pad_multiple` rounds padded lengths up (8 for torch.compile: fewer distinct shapes, sizes
+that suit its kernels); the budget counts the rounded lengths. TrainBatches builds one DDP
+process's share of each update in a background thread.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -28,14 +35,23 @@ class Batch:
     tgt_out: torch.Tensor  # [B, T] long: ids + eos, padded
     n_src_tokens: int  # non-pad tokens
     n_tgt_tokens: int
+    # (source, target) non-pad tokens of the whole update this batch is part of, all processes
+    # and micro-batches together; set by TrainBatches
+    update_tokens: tuple[int, int] | None = None
 
     @property
     def size(self) -> int:
         return self.src.shape[0]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """On `device`; non_blocking: copy asynchronously (from pinned memory to CUDA)."""
         return Batch(self.src.to(device, non_blocking=non_blocking), self.tgt_in.to(device, non_blocking=non_blocking),
-                     self.tgt_out.to(device, non_blocking=non_blocking), self.n_src_tokens, self.n_tgt_tokens)
+                     self.tgt_out.to(device, non_blocking=non_blocking), self.n_src_tokens, self.n_tgt_tokens,
+                     self.update_tokens)
+
+    def pin_memory(self) -> Batch:
+        return Batch(self.src.pin_memory(), self.tgt_in.pin_memory(), self.tgt_out.pin_memory(),
+                     self.n_src_tokens, self.n_tgt_tokens, self.update_tokens)
 
 
 class BatchIterator:
@@ -44,15 +60,17 @@ class BatchIterator:
     are left out and counted in `n_skipped`."""
 
     def __init__(self, shard: Shard, max_tokens: int, seed: int = 0, shuffle: bool = True, pad_id: int = PAD_ID,
-                 bos_id: int = BOS_ID, eos_id: int = EOS_ID):
+                 bos_id: int = BOS_ID, eos_id: int = EOS_ID, pad_multiple: int = 1):
         if max_tokens < 2:
             raise ValueError(f"max_tokens must be at least 2, got {max_tokens}")
+        if pad_multiple < 1:
+            raise ValueError(f"pad_multiple must be at least 1, got {pad_multiple}")
         self.shard, self.max_tokens, self.seed, self.shuffle = shard, int(max_tokens), int(seed), shuffle
-        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
-        # padded lengths: the source gets eos, the target bos (input) or eos (output)
+        self.pad_id, self.bos_id, self.eos_id, self.pad_multiple = pad_id, bos_id, eos_id, int(pad_multiple)
+        # lengths with eos (source, target output) or bos (target input): real tokens per pair
         self._src_len = shard.src_lens.astype(np.int64) + 1
         self._tgt_len = shard.tgt_lens.astype(np.int64) + 1
-        fits = np.maximum(self._src_len, self._tgt_len) <= self.max_tokens
+        fits = np.maximum(self._round(self._src_len), self._round(self._tgt_len)) <= self.max_tokens
         self._usable = np.flatnonzero(fits)
         self.n_skipped = int(len(fits) - len(self._usable))
         self.epoch = 0
@@ -73,7 +91,7 @@ class BatchIterator:
         else:
             tiebreak = idx
         order = np.lexsort((tiebreak, src - tgt, np.maximum(src, tgt)))
-        batches = _pack(idx[order], src[order], tgt[order], self.max_tokens)
+        batches = _pack(idx[order], self._round(src[order]), self._round(tgt[order]), self.max_tokens)
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         self._plan = (epoch, batches)
@@ -89,24 +107,40 @@ class BatchIterator:
         pad = slots = 0
         for b in self.batches_of_epoch(self.epoch):
             s, t = self._src_len[b], self._tgt_len[b]
-            size = len(b) * (int(s.max()) + int(t.max()))
+            size = len(b) * int(self._round(s.max()) + self._round(t.max()))
             slots += size
             pad += size - int(s.sum()) - int(t.sum())
         return pad / slots if slots else 0.0
 
+    def _round(self, lengths):
+        """Padded length(s): rounded up to a multiple of pad_multiple."""
+        m = self.pad_multiple
+        return lengths if m == 1 else -(-lengths // m) * m
+
+    def tokens(self, indices: np.ndarray) -> tuple[int, int]:
+        """(source, target) non-pad tokens of the batch of these pairs, without building it."""
+        return int(self._src_len[indices].sum()), int(self._tgt_len[indices].sum())
+
     # --- iteration and its state ---
 
     def __iter__(self) -> Iterator[Batch]:
+        for b in self.plan():
+            yield self.make_batch(b)
+
+    def plan(self) -> Iterator[np.ndarray]:
+        """The pair indices of each batch, in the order __iter__ builds them, from the current
+        position on; each one taken advances the position (state_dict) past it."""
         if not self.shuffle:
-            for b in self.batches_of_epoch(0):
-                yield self.make_batch(b)
+            yield from self.batches_of_epoch(0)
             return
         while True:
             batches = self.batches_of_epoch(self.epoch)
+            if not batches:  # else this loop would never yield
+                raise ValueError(f"no pair of {self.shard} fits in max_tokens={self.max_tokens}")
             while self._position < len(batches):
                 b = batches[self._position]
                 self._position += 1
-                yield self.make_batch(b)
+                yield b
             self.epoch += 1
             self._position = 0
 
@@ -124,27 +158,47 @@ class BatchIterator:
         self._position = int(state["position"])
         self._plan = None
 
+    def seek(self, epoch: int, position: int) -> None:
+        """Go back (or on) to batch `position` of `epoch`, keeping the seed and the cached plan."""
+        self.epoch, self._position = int(epoch), int(position)
+
     # --- one batch ---
 
     def make_batch(self, indices: np.ndarray) -> Batch:
-        pairs = [self.shard.pair(int(i)) for i in indices]
-        n = len(pairs)
-        s_len = max(len(s) for s, _ in pairs) + 1
-        t_len = max(len(t) for _, t in pairs) + 1
+        indices = np.asarray(indices, dtype=np.int64)
+        s_lens, t_lens = self._src_len[indices] - 1, self._tgt_len[indices] - 1  # ids without eos/bos
+        src_ids, tgt_ids = _gather(self.shard, indices, s_lens, t_lens)
+        n, rows = len(indices), np.arange(len(indices))
+        s_len, t_len = int(self._round(s_lens.max() + 1)), int(self._round(t_lens.max() + 1))
+        # Row-major boolean masks take the concatenated ids in pair order: no loop over pairs.
+        s_mask = np.arange(s_len) < s_lens[:, None]
+        t_mask = np.arange(t_len) < t_lens[:, None]
         src = np.full((n, s_len), self.pad_id, dtype=np.int64)
-        tgt_in = np.full((n, t_len), self.pad_id, dtype=np.int64)
+        src[s_mask] = src_ids
+        src[rows, s_lens] = self.eos_id
         tgt_out = np.full((n, t_len), self.pad_id, dtype=np.int64)
-        n_src = n_tgt = 0
-        for row, (s, t) in enumerate(pairs):
-            src[row, : len(s)] = s
-            src[row, len(s)] = self.eos_id
-            tgt_in[row, 0] = self.bos_id
-            tgt_in[row, 1 : len(t) + 1] = t
-            tgt_out[row, : len(t)] = t
-            tgt_out[row, len(t)] = self.eos_id
-            n_src += len(s) + 1
-            n_tgt += len(t) + 1
+        tgt_out[t_mask] = tgt_ids
+        tgt_out[rows, t_lens] = self.eos_id
+        tgt_in = np.full((n, t_len), self.pad_id, dtype=np.int64)
+        tgt_in[:, 0] = self.bos_id
+        tgt_in[:, 1:][t_mask[:, :-1]] = tgt_ids
+        n_src, n_tgt = int(s_lens.sum()) + n, int(t_lens.sum()) + n
         return Batch(torch.from_numpy(src), torch.from_numpy(tgt_in), torch.from_numpy(tgt_out), n_src, n_tgt)
+
+
+def _gather(shard: Shard, indices: np.ndarray, s_lens: np.ndarray, t_lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ids of these pairs, each side's back to back in pair order: two fancy-indexed reads
+    of the shard's arrays. Shard.pair() per pair costs ~45 us in numpy's memmap indexing, most
+    of a batch's build time."""
+    index = np.asarray(shard._index)  # plain views of the memmaps: no memmap.__getitem__ per read
+    starts = index[indices]
+    out = []
+    for side, (ids, lens) in enumerate(((shard._src, s_lens), (shard._tgt, t_lens))):
+        total = int(lens.sum())
+        # position of every id: its pair's start plus its offset within the pair
+        within = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens)
+        out.append(np.asarray(ids)[np.repeat(starts[:, side], lens) + within])
+    return out[0], out[1]
 
 
 def _pack(indices: np.ndarray, src: np.ndarray, tgt: np.ndarray, max_tokens: int) -> list[np.ndarray]:
@@ -159,3 +213,107 @@ def _pack(indices: np.ndarray, src: np.ndarray, tgt: np.ndarray, max_tokens: int
     if start < len(indices):
         batches.append(indices[start:])
     return batches
+
+
+class TrainBatches:
+    """One process's training batches, update after update, built ahead in a background thread.
+
+    An update is `accum_steps x world_size` consecutive batches of the iterator's plan; process
+    `rank` trains on every world_size-th of them from its rank on (the split DDP always used),
+    and only those are built here. Each carries the update's total tokens in `update_tokens`,
+    counted from the plan's lengths, so every process scales its loss alike without building
+    the others' batches or communicating. For a CUDA device the batches are pinned, so that
+    `Batch.to(device, non_blocking=True)` copies them asynchronously.
+
+    state_dict() is the iterator's position after the last batch handed out, not after those
+    built ahead: a checkpoint resumes exactly where training was. close() stops and joins the
+    thread and rewinds the iterator to that position; the next batch asked for starts it again.
+    """
+
+    def __init__(self, batches: BatchIterator, accum_steps: int = 1, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu", ahead: int = 4):
+        if not batches.shuffle:
+            raise ValueError("TrainBatches needs an endless (shuffle=True) BatchIterator")
+        self.batches, self.accum_steps, self.rank, self.world_size = batches, accum_steps, rank, world_size
+        self.pin = torch.device(device).type == "cuda"
+        self.ahead = max(1, ahead)
+        self._consumed = (batches.epoch, batches.state_dict()["position"])
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._queue: queue.Queue = queue.Queue()
+
+    def __iter__(self) -> TrainBatches:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._thread is None:
+            self._start()
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        batch, self._consumed = item
+        return batch
+
+    def _start(self) -> None:
+        self._stop = threading.Event()
+        self._queue = queue.Queue(maxsize=self.ahead)
+        self._thread = threading.Thread(target=_build_ahead, name="mt-tune-batches", daemon=True,
+                                        args=(self.batches, self.accum_steps, self.rank, self.world_size,
+                                              self.pin, self._stop, self._queue))
+        self._thread.start()
+        # A TrainBatches dropped without close() (a Trainer never fitted) still ends its thread:
+        # the thread holds the iterator and the queue, never this object.
+        weakref.finalize(self, _stop_thread, self._stop, self._queue)
+
+    def close(self) -> None:
+        if self._thread is None:
+            return
+        _stop_thread(self._stop, self._queue)
+        self._thread.join()
+        self._thread = None
+        self.batches.seek(*self._consumed)
+
+    def state_dict(self) -> dict:
+        epoch, position = self._consumed
+        return {**self.batches.state_dict(), "epoch": epoch, "position": position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.close()
+        self.batches.load_state_dict(state)
+        self._consumed = (self.batches.epoch, self.batches.state_dict()["position"])
+
+
+def _build_ahead(batches: BatchIterator, accum: int, rank: int, world: int, pin: bool, stop: threading.Event,
+                 out: queue.Queue) -> None:
+    """The thread of TrainBatches: (batch, (epoch, position) after its share of the plan) into `out`."""
+    try:
+        plan = batches.plan()
+        while not stop.is_set():
+            update, after = [], []  # `world` plan entries per micro-batch, the position after each group
+            for _ in range(accum):
+                update.append([next(plan) for _ in range(world)])
+                after.append((batches.epoch, batches.state_dict()["position"]))
+            counts = [batches.tokens(b) for group in update for b in group]
+            totals = (sum(c[0] for c in counts), sum(c[1] for c in counts))
+            for group, position in zip(update, after):
+                batch = batches.make_batch(group[rank])
+                batch.update_tokens = totals
+                if pin:
+                    batch = batch.pin_memory()
+                if stop.is_set():
+                    return
+                out.put((batch, position))
+    except BaseException as e:  # handed to the consumer, which raises it
+        if not stop.is_set():
+            out.put(e)
+
+
+def _stop_thread(stop: threading.Event, out: queue.Queue) -> None:
+    """Tell the thread to stop and empty its queue, so that a put it is blocked in returns."""
+    stop.set()
+    while True:
+        try:
+            out.get_nowait()
+        except queue.Empty:
+            return
