@@ -3,11 +3,14 @@
 The reference is a training loop written the common way: torch.nn.Transformer (batch_first),
 batches of a fixed number of sentences in random order padded to the batch maximum, the same
 d_model / layers / heads / ffn / vocabulary / dropout / label smoothing / AdamW. mt-tune runs
-its own update (Trainer._update) on its length-bucketed token batches. Both train over the same
+its own update (Trainer._update) on its length-bucketed token batches, which a background thread
+builds ahead (as in training; the reference builds its batches inline). Both train over the same
 number of target tokens, alternated `--rounds` times in one process; the figure is non-pad
-target tokens per second (eos included), the median of the rounds.
+target tokens per second (eos included), the median of the rounds. --cpu-time divides by the
+process's CPU seconds instead of wall seconds (all its threads, the batch thread included): on a
+shared machine, with --threads 1, a figure that other processes' load barely moves.
 
-    python benchmarks/train_throughput.py [--config studies/baseline.yaml] [--tokens 40000]
+    python benchmarks/train_throughput.py [--config studies/baseline.yaml] [--tokens 40000] [--cpu-time]
 """
 
 from __future__ import annotations
@@ -75,9 +78,12 @@ def padded_batches(shard, sentences: int, seed: int):
             yield src, tgt_in, tgt_out
 
 
+clock = time.perf_counter  # time.process_time with --cpu-time
+
+
 def time_reference(model, optimizer, batches, tokens: int, label_smoothing: float) -> float:
     model.train()
-    done, start = 0, time.perf_counter()
+    done, start = 0, clock()
     while done < tokens:
         src, tgt_in, tgt_out = next(batches)
         logits = model(src, tgt_in)
@@ -88,14 +94,14 @@ def time_reference(model, optimizer, batches, tokens: int, label_smoothing: floa
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         done += int((tgt_out != 0).sum())
-    return done / (time.perf_counter() - start)
+    return done / (clock() - start)
 
 
 def time_trainer(trainer: Trainer, tokens: int) -> float:
-    done, start = 0, time.perf_counter()
+    done, start = 0, clock()
     while done < tokens:
         done += trainer._update()[0]
-    return done / (time.perf_counter() - start)
+    return done / (clock() - start)
 
 
 def main() -> None:
@@ -105,7 +111,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sentences", type=int, default=64, help="sentences per reference batch")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cpu-time", action="store_true", help="tokens per CPU second, not per wall second")
     args = parser.parse_args()
+    global clock
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    unit = "CPU-s" if args.cpu_time else "s"
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="enable_nested_tensor is True")  # nn.Transformer with norm_first
@@ -130,9 +140,10 @@ def main() -> None:
     for r in range(args.rounds):
         theirs.append(time_reference(reference, ref_optimizer, ref_batches, args.tokens, tc.label_smoothing))
         ours.append(time_trainer(trainer, args.tokens))
-        print(f"round {r + 1}: reference {theirs[-1]:,.0f} tok/s | mt-tune {ours[-1]:,.0f} tok/s")
+        print(f"round {r + 1}: reference {theirs[-1]:,.0f} tok/{unit} | mt-tune {ours[-1]:,.0f} tok/{unit}")
+    trainer.batches.close()  # the thread that builds the Trainer's batches ahead
     ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
-    print(f"median target tokens/s: reference (nn.Transformer, padded {args.sentences}-sentence batches) "
+    print(f"median target tokens/{unit}: reference (nn.Transformer, padded {args.sentences}-sentence batches) "
           f"{theirs_median:,.0f} | mt-tune Trainer {ours_median:,.0f} | ratio {ours_median / theirs_median:.2f}x")
 
 

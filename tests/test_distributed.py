@@ -85,3 +85,47 @@ def test_cli_devices_cpu_2_relaunches_under_torchrun(config_file, tmp_path):
     assert "x2 processes" in done.stderr and "training run" in done.stdout
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["step"] == 6 and ckpt["config"]["train"]["device"] == "cpu"
+
+
+COUNTING_WORKER = textwrap.dedent("""
+    import os, sys, torch, yaml
+    from mt_tune.config import build_run_config
+    from mt_tune.data.batching import BatchIterator
+    from mt_tune.train import Trainer
+
+    built, make_batch = [], BatchIterator.make_batch
+
+    def recording(self, indices):  # the training batches this process builds
+        if self.shuffle:
+            built.append([int(i) for i in indices])
+        return make_batch(self, indices)
+
+    BatchIterator.make_batch = recording
+    raw = yaml.safe_load(open(sys.argv[1]))
+    raw["train"].update(accum_steps=2, max_steps=4, eval_every=4)
+    rank = int(os.environ["RANK"])
+    result = Trainer(build_run_config(raw), None, log=lambda *a: None).fit()
+    torch.save({"built": built, "steps": result.steps}, os.path.join(sys.argv[2], f"built{rank}.pt"))
+""")
+
+
+def test_each_process_builds_only_its_own_batches(config_file, tmp_path):
+    from mt_tune.data import BatchIterator
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(COUNTING_WORKER)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    str(worker), str(config_file), str(tmp_path)], env=dict(os.environ, OMP_NUM_THREADS="1"),
+                   check=True, timeout=180, capture_output=True)
+    raw = yaml.safe_load(config_file.read_text())
+    cfg = build_run_config(raw)
+    plan = [b.tolist() for b in BatchIterator(prepare(cfg.data).train, cfg.train.max_tokens, seed=cfg.train.seed)
+            .batches_of_epoch(0)]
+    for rank in (0, 1):
+        record = torch.load(tmp_path / f"built{rank}.pt", weights_only=True)
+        assert record["steps"] == 4
+        positions = [plan.index(b) for b in record["built"]]
+        # 4 updates x 2 micro-batches of its own, each every other batch of the plan (perhaps a
+        # few more built ahead), never one of the other process's
+        assert positions[:8] == list(range(rank, 16, 2))
+        assert all(p % 2 == rank for p in positions)

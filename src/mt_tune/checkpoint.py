@@ -126,13 +126,19 @@ def interrupts_deferred():
             signal.raise_signal(s)
 
 
-def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint dict safely; anything that is not one of ours is a UserError."""
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint dict safely, every tensor on the CPU; anything that is not one of ours
+    is a UserError.
+
+    Always to the CPU: the RNG states must be CPU tensors for torch.set_rng_state, and the
+    tokenizer bytes are read through .numpy(). The caller moves what belongs on a device (a
+    model's load_state_dict copies into parameters wherever they live; the optimizer's
+    load_state_dict moves its state to its parameters' device)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: no such checkpoint file")
     try:
-        ckpt = torch.load(p, map_location=device, weights_only=True)
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # a foreign or damaged file fails in many ways inside the unpickler
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{p}: not a readable mt-tune checkpoint ({first_line})") from None
@@ -153,7 +159,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     from mt_tune.errors import ConfigError
     from mt_tune.model import Seq2SeqTransformer
 
-    ckpt = read_checkpoint(path, device)
+    ckpt = read_checkpoint(path)
     try:
         run_cfg = build_run_config(ckpt["config"])
     except ConfigError as e:

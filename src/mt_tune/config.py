@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -127,7 +128,8 @@ class TrainConfig:
     device: str = opt("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     amp: str = opt("auto", "mixed precision: auto is bf16 on GPUs that support it, fp16 with a "
                            "GradScaler on older GPUs, off on CPU", choices=["auto", "off", "bf16", "fp16"])
-    compile: bool = opt(False, "torch.compile the model")
+    compile: bool = opt(False, "torch.compile the model, shape-generic; pads lengths to multiples of 8; "
+                               "compiling is left out of the max_minutes pace")
     seed: int = opt(1, "seed for initialisation, dropout and batch order")
     threads: int = opt(0, "CPU threads for torch (0: torch's default)")
     lr: float = opt(1e-3, "peak learning rate, reached at the end of warmup")
@@ -164,8 +166,8 @@ class TrainConfig:
                   "eval_beam")
         for name in ("min_lr", "warmup_steps", "max_minutes", "clip_norm", "weight_decay", "bleu_sentences",
                      "threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{where}.{name}: must be >= 0, got {getattr(self, name)}")
+            if not getattr(self, name) >= 0 or getattr(self, name) == math.inf:  # NaN fails >= too
+                raise ConfigError(f"{where}.{name}: must be >= 0 and finite, got {getattr(self, name)}")
         if self.min_lr > self.lr:
             raise ConfigError(f"{where}.min_lr: must not exceed lr ({self.lr}), got {self.min_lr}")
         if not 0 <= self.ema_decay < 1:
@@ -190,8 +192,9 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 def _positive(obj: Any, where: str, *names: str) -> None:
     for name in names:
-        if getattr(obj, name) <= 0:
-            raise ConfigError(f"{where}.{name}: must be > 0, got {getattr(obj, name)}")
+        value = getattr(obj, name)
+        if not value > 0 or value == math.inf:  # NaN fails `> 0` too
+            raise ConfigError(f"{where}.{name}: must be > 0 and finite, got {value}")
 
 
 # --- generic loading ----------------------------------------------------------------------

@@ -16,6 +16,7 @@ the run cleanly; any other exception propagates. The Trainer knows nothing of Op
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import random
 import resource
@@ -39,9 +40,13 @@ from mt_tune.config import RunConfig, TrainConfig, to_dict
 from mt_tune.errors import ConfigError, UserError
 
 __all__ = ["Trainer", "RunResult", "EvalResult", "StopTraining", "TrainingError", "NaNLossError",
-           "OutOfMemoryError", "lr_at", "load_checkpoint"]
+           "OutOfMemoryError", "lr_at", "load_checkpoint", "free_device_memory"]
 
 PAD_ID = 0
+# train.compile: padded lengths are rounded up to a multiple of this, and the pace of a time
+# budget is measured after this many updates of each session (those that compile).
+COMPILE_PAD_MULTIPLE = 8
+COMPILE_WARMUP_UPDATES = 2
 LOWER_IS_BETTER = {"val_loss": True, "val_loss_per_char": True, "bleu": False, "chrf": False}
 
 # Dense bf16 peak FLOP/s by GPU name, for MFU; first matching substring wins.
@@ -132,13 +137,17 @@ def lr_at(step: int, tc: TrainConfig, end_step: float | None = None) -> float:
     return max(value, tc.min_lr)
 
 
-def projected_end_step(step: int, elapsed_s: float, tc: TrainConfig) -> float | None:
+def projected_end_step(step: int, elapsed_s: float, tc: TrainConfig,
+                       since: tuple[int, float] = (0, 0.0)) -> float | None:
     """The step at which max_minutes runs out at the pace so far (None without a time limit).
     A time-limited run otherwise ends wherever the clock stops it, in mid-schedule: budgeted
-    training ends best with the learning rate decayed (Li et al. 2020, "Budgeted Training")."""
-    if tc.max_minutes <= 0 or step <= 0 or elapsed_s <= 0:
+    training ends best with the learning rate decayed (Li et al. 2020, "Budgeted Training").
+    `since` (step, elapsed seconds): the pace is measured from there on, as after the updates
+    in which torch.compile compiled, which would make it look slower than it is."""
+    step0, elapsed0 = since
+    if tc.max_minutes <= 0 or step <= step0 or elapsed_s <= elapsed0:
         return None
-    return step * tc.max_minutes * 60 / elapsed_s
+    return step0 + (step - step0) * (tc.max_minutes * 60 - elapsed0) / (elapsed_s - elapsed0)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -162,12 +171,24 @@ def pick_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         if amp == "fp16":
             raise ConfigError("train.amp: fp16 needs a CUDA device; use bf16 or off on CPU")
         return torch.bfloat16 if amp == "bf16" else None
-    bf16_ok = torch.cuda.is_bf16_supported()
+    # Emulated bf16 (V100, T4) runs slower than fp16 with a GradScaler: native support only.
+    bf16_ok = torch.cuda.is_bf16_supported(including_emulation=False)
     if amp == "bf16" and not bf16_ok:
         raise ConfigError(f"train.amp: bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16")
     if amp == "auto":
         return torch.bfloat16 if bf16_ok else torch.float16
     return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def free_device_memory(device: torch.device | str | None = None) -> None:
+    """Collect garbage, return the CUDA allocator's cached blocks to the driver and reset its
+    peak statistics: what a worker does between trials, so each trial starts from a clean
+    allocator (and reports its own peak), and after an OOM, once nothing refers to the failed
+    run's tensors any more. A no-op for the allocator on CPU."""
+    gc.collect()
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def seed_everything(seed: int) -> None:
@@ -210,6 +231,7 @@ class Trainer:
         """`on_step(step, info)`, if given, is called after every update (for a progress bar);
         info holds the latest logged loss, lr, tok_s and val_loss."""
         from mt_tune.data import BatchIterator, prepare
+        from mt_tune.data.batching import TrainBatches
         from mt_tune.model import Seq2SeqTransformer
 
         self.cfg = copy.deepcopy(cfg)
@@ -225,6 +247,10 @@ class Trainer:
         if tc.threads > 0:
             torch.set_num_threads(tc.threads)
         self.amp_dtype = pick_amp_dtype(tc.amp, self.device)
+        if self.device.type == "cuda" and self.amp_dtype is None:
+            # fp32 matmuls on tensor cores (TF32): several times faster on Ampere and later,
+            # within training noise for a Transformer.
+            torch.set_float32_matmul_precision("high")
 
         seed_everything(tc.seed)
         self.data = data if data is not None else prepare(self.cfg.data)
@@ -246,13 +272,18 @@ class Trainer:
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
             self.train_model = self.ddp
         if tc.compile:
-            self.train_model = torch.compile(self.train_model)
+            # Batch shapes change every batch (lengths are padded to multiples of 8, batch
+            # sizes vary freely): one shape-generic graph, not a recompilation per new shape.
+            self.train_model = torch.compile(self.train_model, dynamic=True)
 
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(optimizer_groups(self.model, tc.weight_decay), lr=tc.lr,
                                            betas=(tc.beta1, tc.beta2), eps=tc.eps, fused=fused or None)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.batches = BatchIterator(self.data.train, tc.max_tokens, seed=tc.seed, shuffle=True)
+        self.batches = TrainBatches(
+            BatchIterator(self.data.train, tc.max_tokens, seed=tc.seed, shuffle=True,
+                          pad_multiple=COMPILE_PAD_MULTIPLE if tc.compile else 1),
+            tc.accum_steps, rank=self.dist.rank, world_size=self.dist.world_size, device=self.device)
         self.valid_batches = lambda: BatchIterator(self.data.valid, tc.max_tokens, seed=tc.seed, shuffle=False)
         self.valid_chars = sum(len(s) for s in self.data.valid_ref)
 
@@ -267,7 +298,11 @@ class Trainer:
         self.end_step: float | None = None  # where the decay ends under max_minutes; see lr_at
         if resume:
             self._resume()
-        self._stream = iter(self.batches)
+        self._stream = iter(self.batches)  # this process's batches only, built in a thread
+        # (step, elapsed s) from which the pace that projects a time budget's end is measured:
+        # after the first updates of this session under torch.compile, which compile.
+        self._pace_since = (0, 0.0)
+        self._compile_updates_left = COMPILE_WARMUP_UPDATES if tc.compile else 0
 
     def autocast(self):
         """A fresh autocast context for the chosen dtype (a no-op without AMP)."""
@@ -333,13 +368,13 @@ class Trainer:
         path = self.out_dir / "last.pt"
         if not path.is_file():
             raise UserError(f"{path}: no checkpoint to resume from")
-        ckpt = read_checkpoint(path, self.device)
+        ckpt = read_checkpoint(path)  # on the CPU: the RNG states must stay there
         if ckpt["config"]["model"] != to_dict(self.cfg.model):
             raise UserError(f"{path}: the checkpoint's model config differs from this run's; "
                             f"resume with the same model settings")
         self.model.load_state_dict(ckpt.get("train_weights", ckpt["model"]))
         if self.ema is not None:  # the average was saved as "model" (or, without one, starts here)
-            self.ema = {n: ckpt["model"][n].clone() for n in self.ema}
+            self.ema = {n: ckpt["model"][n].to(self.device, copy=True) for n in self.ema}
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"])
@@ -361,11 +396,14 @@ class Trainer:
         """One optimizer step; returns (target tokens, source tokens) of the whole update."""
         tc = self.cfg.train
         world = self.dist.world_size
-        # Every process reads the same batch stream and takes its own round-robin slice, so
-        # each knows the update's total target tokens without communicating.
-        batches = [next(self._stream) for _ in range(tc.accum_steps * world)]
-        n_tgt = sum(b.n_tgt_tokens for b in batches)
-        n_src = sum(b.n_src_tokens for b in batches)
+        # This process's share of the update. Each batch knows the update's total tokens (all
+        # processes'), counted from the batch plan's lengths: no communication. A stream of
+        # plain batches (world size 1) is the whole update.
+        mine = [next(self._stream) for _ in range(tc.accum_steps)]
+        if mine[0].update_tokens is not None:
+            n_src, n_tgt = mine[0].update_tokens
+        else:
+            n_src, n_tgt = sum(b.n_src_tokens for b in mine), sum(b.n_tgt_tokens for b in mine)
         # DDP averages gradients over processes: scale by `world` so the result is the sum
         # over all target tokens of the update divided by their number.
         scale = world / n_tgt
@@ -373,9 +411,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.train_model.train()
-        mine = batches[self.dist.rank::world]
+        non_blocking = self.device.type == "cuda"  # the batches are pinned for CUDA
         for i, batch in enumerate(mine):
-            batch = batch.to(self.device)
+            batch = batch.to(self.device, non_blocking=non_blocking)
             last = i == len(mine) - 1
             with self.ddp.no_sync() if self.ddp is not None and not last else nullcontext():
                 with self.autocast():
@@ -397,6 +435,10 @@ class Trainer:
             torch._foreach_lerp_(list(self.ema.values()), [p.detach() for p in self.model.parameters()],
                                  1 - decay)
         self._loss_updates += 1
+        if self._compile_updates_left:
+            self._compile_updates_left -= 1
+            if not self._compile_updates_left:
+                self._pace_since = (self.step + 1, self.elapsed_before + time.perf_counter() - self._started)
         return n_tgt, n_src
 
     def _mean_train_loss(self) -> float:
@@ -420,11 +462,12 @@ class Trainer:
         where the budget is projected to run out. Process 0's clock decides for every process,
         so all of them use the same learning rate."""
         elapsed = self.elapsed_before + time.perf_counter() - self._started
+        since_step, since_s = self._pace_since
         if self.dist.enabled:
-            t = torch.tensor([elapsed], dtype=torch.float64, device=self.device)
+            t = torch.tensor([elapsed, since_s], dtype=torch.float64, device=self.device)
             torch.distributed.broadcast(t, src=0)
-            elapsed = float(t.item())
-        self.end_step = projected_end_step(self.step, elapsed, self.cfg.train)
+            elapsed, since_s = t.tolist()
+        self.end_step = projected_end_step(self.step, elapsed, self.cfg.train, since=(since_step, since_s))
         return elapsed >= budget_s
 
     def _agree(self, flag: bool) -> bool:
@@ -490,18 +533,22 @@ class Trainer:
         try:
             return self._fit()
         except torch.cuda.OutOfMemoryError as e:
-            from mt_tune.memory import estimate_memory
-
-            self.optimizer.zero_grad(set_to_none=True)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype)
-            estimate = int(estimate_memory(self.cfg.model, self.cfg.train, amp_dtype=amp)["total"])
-            raise OutOfMemoryError(f"CUDA out of memory at step {self.step} (estimated need "
-                                   f"{estimate / 2**30:.2f} GiB): {str(e).splitlines()[0]}",
-                                   self.step, estimate) from None
+            # Keep only the text: the exception's traceback holds the frames of the failed
+            # step, and with them its activations.
+            reason = str(e).splitlines()[0] if str(e) else "out of memory"
         finally:
+            self.batches.close()  # the batch thread ends with the run, however it ends
             distributed.close(self.dist)
+        # Raised outside the handler, so the new error has no __context__ that would keep
+        # the failed step's tensors alive; freed before it goes up to the caller.
+        from mt_tune.memory import estimate_memory
+
+        self.optimizer.zero_grad(set_to_none=True)
+        free_device_memory(self.device)
+        amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype)
+        estimate = int(estimate_memory(self.cfg.model, self.cfg.train, amp_dtype=amp)["total"])
+        raise OutOfMemoryError(f"CUDA out of memory at step {self.step} (estimated need "
+                               f"{estimate / 2**30:.2f} GiB): {reason}", self.step, estimate)
 
     def _fit(self) -> RunResult:
         tc = self.cfg.train
