@@ -108,7 +108,7 @@ def run_worker_process(key: str, args: argparse.Namespace, slot: int) -> tuple[f
     name, url = study_name_url(key, args)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF).ru_utime
     run_worker(name, url, n_trials=args.trials // args.workers, artifacts=str(args.workdir / "artifacts"),
-               log=lambda line: print(f"  [{key}{slot}] {line}", flush=True))
+               log=lambda line: print(f"  [{key}{slot}] {line}", flush=True), seed_exact=args.workers == 1)
     return resource.getrusage(resource.RUSAGE_SELF).ru_utime - cpu0, time.time()
 
 

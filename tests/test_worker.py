@@ -8,6 +8,7 @@ import warnings
 
 import optuna
 import pytest
+import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from typer.testing import CliRunner
@@ -26,7 +27,7 @@ SPEC = {
     # one thread: on a busy 2-core machine two threads are several times slower
     "train": {"eval_every": 10, "bleu_sentences": 20, "max_tokens": 1024, "warmup_steps": 10, "log_every": 10,
               "threads": 1},
-    "search": {"train.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e4, "log": True}},
+    "search": {"train.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}},
     "metric": "bleu",
     "pruner": {"type": "none"},
     "budget": {"trials": 2, "max_steps": 20},
@@ -54,10 +55,11 @@ def env(tmp_path):
 
 def test_nan_loss_is_pruned_and_the_worker_goes_on(env):
     url, artifacts, create = env
-    study = create()
-    # AdamW's steps are bounded by lr, so on this tiny fp32 model lr = 10 only makes the loss
-    # huge (~2,000, finite); 1e4 overflows to NaN within ten updates.
-    study.enqueue_trial({"train.lr": 1.0e4})
+    study = create(lambda r: r["search"]["train.lr"].update(high=1.0e30))
+    # AdamW's first step moves every weight by about lr: at 1e30 the next forward pass
+    # multiplies such weights together (norm gains by projections), past float32's 3.4e38, on
+    # any CPU. (1e4 overflowed on one CPU and stayed finite on another.)
+    study.enqueue_trial({"train.lr": 1.0e30})
     study.enqueue_trial({"train.lr": 3.0e-3})
     result = CliRunner().invoke(app, ["worker", "w", "--storage", url, "--artifacts", str(artifacts)])
     assert result.exit_code == 0, result.output
@@ -169,3 +171,135 @@ def test_a_trial_that_finds_the_budget_taken_ends_without_training(env, monkeypa
     assert "history" not in surplus.user_attrs and not (artifacts / "w" / "1").exists()
     assert summary["trials_run"] == 0
     assert budget_used(study) == 1  # the surplus trial does not count
+
+
+# --- failures: contained, recorded, and not repeated for ever ------------------------------
+
+
+def test_a_systematic_error_stops_the_worker_after_three_failed_trials(env, monkeypatch):
+    """Every trial fails the same way (a bug, a bad driver): the worker stops after
+    budget.max_consecutive_failures of them with exit 1 and names the error; each FAIL trial
+    keeps its traceback in its train.log and the first line in its `error` attr."""
+    url, artifacts, create = env
+    create(lambda r: r.update(budget={"trials": 6, "max_steps": 10}))
+
+    def broken_driver(self):
+        raise RuntimeError("CUDA driver version is insufficient\nsecond line")
+
+    monkeypatch.setattr(Trainer, "fit", broken_driver)
+    result = CliRunner().invoke(app, ["worker", "w", "--storage", url, "--artifacts", str(artifacts)])
+    assert result.exit_code == 1, result.output
+    assert "3 trials in a row failed" in result.output and "CUDA driver version is insufficient" in result.output
+    assert "Traceback" not in result.output
+    trials = optuna.load_study(study_name="w", storage=url).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3  # 3 of the budget of 6: the rest not spent
+    for t in trials:
+        assert t.user_attrs["error"] == "RuntimeError: CUDA driver version is insufficient"
+        log = (artifacts / "w" / str(t.number) / "train.log").read_text()
+        assert "Traceback (most recent call last)" in log and "in broken_driver" in log
+
+
+def test_the_failure_limit_is_a_flag_and_a_success_resets_the_count(env, monkeypatch):
+    url, artifacts, create = env
+    create(lambda r: r.update(budget={"trials": 4, "max_steps": 10, "max_consecutive_failures": 1}))
+    real_fit, calls = Trainer.fit, []
+
+    def fails_on_odd_calls(self):
+        calls.append(1)
+        if len(calls) % 2:
+            raise RuntimeError("flaky")
+        return real_fit(self)
+
+    monkeypatch.setattr(Trainer, "fit", fails_on_odd_calls)
+    # The spec allows 1 failure in a row; the flag allows 2: fail, ok, fail, ok runs all 4.
+    summary = run_worker("w", url, artifacts=str(artifacts), log=lambda line: None, max_consecutive_failures=2)
+    assert summary["trials_run"] == 4 and summary["states"] == {"COMPLETE": 2, "PRUNED": 0, "FAIL": 2}
+    with pytest.raises(UserError, match="--max-consecutive-failures: must be >= 1"):
+        run_worker("w", url, max_consecutive_failures=0)
+
+
+def test_a_vocabulary_too_large_for_the_scale_prunes_the_trial_not_the_worker(env):
+    url, artifacts, create = env
+    study = create(lambda r: r.update(search={"data.vocab_size": {"type": "categorical", "choices": [60000, 2000]}},
+                                      budget={"trials": 2, "max_steps": 10}))
+    study.enqueue_trial({"data.vocab_size": 60000})
+    study.enqueue_trial({"data.vocab_size": 2000})
+    summary = run_worker("w", url, artifacts=str(artifacts), log=lambda line: None)
+    too_big, fits = optuna.load_study(study_name="w", storage=url).trials
+    assert too_big.state == TrialState.PRUNED and too_big.user_attrs["stop_reason"] == "invalid_config"
+    assert "60000" in too_big.user_attrs["error"] or "too high" in too_big.user_attrs["error"].lower()
+    assert fits.state == TrialState.COMPLETE
+    assert summary["trials_run"] == 2
+
+
+def test_an_out_of_memory_trial_frees_its_model_before_the_next_trial(env, monkeypatch):
+    """The OOM trial ends PRUNED (oom) and nothing keeps its model alive: no exception context,
+    no frame. Checked with a weak reference to the model, from inside the next trial."""
+    import gc
+    import weakref
+
+    url, artifacts, create = env
+    create(lambda r: r.update(search={}, budget={"trials": 2, "max_steps": 10}))
+    real_update, models, alive_at_next_trial = Trainer._update, [], []
+
+    def update(self):
+        if not models:  # the first trial's first update
+            models.append(weakref.ref(self.model))
+            activations = torch.ones(256, 256, requires_grad=True) * 2  # noqa: F841 - held by the frame
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if len(models) == 1:
+            gc.collect()
+            alive_at_next_trial.append(models[0]() is not None)
+            models.append(weakref.ref(self.model))
+        return real_update(self)
+
+    monkeypatch.setattr(Trainer, "_update", update)
+    run_worker("w", url, artifacts=str(artifacts), log=lambda line: None)
+    oom, fits = optuna.load_study(study_name="w", storage=url).trials
+    assert oom.state == TrialState.PRUNED and oom.user_attrs["stop_reason"] == "oom"
+    assert oom.user_attrs["error"].startswith("CUDA out of memory at step 0")
+    assert fits.state == TrialState.COMPLETE
+    assert alive_at_next_trial == [False]
+
+
+def test_plain_workers_draw_from_their_own_streams_unless_asked_not_to(monkeypatch):
+    import os
+    import socket
+
+    from mt_tune.search.samplers import STREAM_ENV
+    from mt_tune.search.worker import sampler_stream
+
+    monkeypatch.delenv(STREAM_ENV, raising=False)
+    assert sampler_stream() == f"{socket.gethostname()}/{os.getpid()}"
+    assert sampler_stream(seed_exact=True) is None
+    monkeypatch.setenv(STREAM_ENV, "host-a/cuda:1")
+    assert sampler_stream() == sampler_stream(seed_exact=True) == "host-a/cuda:1"
+
+
+def test_two_plain_workers_with_one_seed_sample_different_trials(env, tmp_path):
+    """Two `mt-tune worker` processes started by hand on one study (the spec's seed 7, a
+    random sampler) draw different parameters; each one alone with --seed-exact repeats."""
+    import subprocess
+    import sys
+
+    url, artifacts, create = env
+    create(lambda r: r.update(sampler={"type": "random", "seed": 7}, budget={"trials": 2, "max_steps": 1}, metric="val_loss",
+                              train={**SPEC["train"], "eval_every": 1, "bleu_sentences": 0, "keep_best_by": "val_loss"}))
+    args = [sys.executable, "-m", "mt_tune.cli", "worker", "w", "--storage", url, "--artifacts", str(artifacts),
+            "--n-trials", "1"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out
+    lrs = [t.params["train.lr"] for t in optuna.load_study(study_name="w", storage=url).trials]
+    assert len(lrs) == 2 and lrs[0] != lrs[1]
+
+
+def test_tpe_keeps_the_constant_liar_on():
+    """With several workers, TPE must treat running trials as taken (Optuna 5's default):
+    pinned, so an upgrade that changes the default cannot turn it off unnoticed."""
+    from mt_tune.search.samplers import build_sampler
+
+    sampler = build_sampler(build_spec(copy.deepcopy(SPEC) | {"sampler": {"type": "tpe", "seed": 1}}))
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._constant_liar is True  # no public accessor; a rename fails here, loudly

@@ -352,6 +352,11 @@ def worker(
     devices: Optional[str] = typer.Option(None, "--devices", help="one worker process per device: cpu, all (every "
                                           "visible GPU) or GPU indices like 0,1,2,3 [default: one process, --device]"),
     processes: int = typer.Option(1, "--processes", help="worker processes per device (e.g. --devices cpu --processes 4)"),
+    max_consecutive_failures: Optional[int] = typer.Option(
+        None, "--max-consecutive-failures", help="stop (exit 1) after this many FAIL trials in a row "
+        "[default: the spec's budget.max_consecutive_failures, 3]"),
+    seed_exact: bool = typer.Option(False, "--seed-exact", help="one process only: sample with the spec's seed as "
+                                    "it is (reproducible); by default each process mixes in its host and process id"),
 ) -> None:
     """Run the study's trials on this machine until its total budget (or --n-trials) is reached.
 
@@ -362,10 +367,13 @@ def worker(
         out.print(line, markup=False, highlight=False, soft_wrap=True)
 
     if devices is None and processes == 1:
-        status, _ = run_this_process(name, storage, n_trials=n_trials, device=device, artifacts=str(artifacts), log=log)
+        status, _ = run_this_process(name, storage, n_trials=n_trials, device=device, artifacts=str(artifacts), log=log,
+                                     max_consecutive_failures=max_consecutive_failures, seed_exact=seed_exact)
         raise typer.Exit(status)
+    if seed_exact:
+        raise UserError("--seed-exact: only for a single worker process; launched processes get one stream each")
     summary = launch_workers(name, storage, devices=devices or "cpu", processes=processes, n_trials=n_trials,
-                             artifacts=str(artifacts), log=log)
+                             artifacts=str(artifacts), log=log, max_consecutive_failures=max_consecutive_failures)
     raise typer.Exit(EXIT_INTERRUPTED if summary["interrupted"] else 1 if summary["failed_processes"] else 0)
 
 
@@ -446,9 +454,9 @@ def demo(
     workdir: Path = typer.Option(Path("."), "--workdir", help="where the storage, checkpoints, reports and "
                                  "the exported config go"),
     spec: Optional[Path] = typer.Option(None, "--spec", help="study spec [default: studies/demo.yaml]"),
-    top_k: int = typer.Option(3, "--top-k", help="trials promoted from the 1k search to the full sample"),
+    top_k: int = typer.Option(6, "--top-k", help="search trials promoted (continued for longer)"),
 ) -> None:
-    """The whole loop on the bundled sample: search at 1k, promote to full, export, final training, BLEU."""
+    """The whole loop on the bundled sample: search, promote (continue) the best, final training, BLEU."""
     from mt_tune.demo import run_demo
 
     run_demo(minutes, workdir, spec, list(overrides or []), top_k=top_k,

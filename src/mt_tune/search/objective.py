@@ -12,7 +12,8 @@ How a trial ends (user attr `stop_reason`):
   pruned                    worse than its peers at the same step    PRUNED
   nan_loss, oom, predicted_oom, invalid_config                      PRUNED
 A pruned trial's checkpoints are removed. A trial that retries a dead worker's trial resumes
-from that trial's last.pt (same directory) and records `resumed_from_step`.
+from that trial's last.pt (same directory) and records `resumed_from_step`; so does a trial
+promoted with `continue_from` (a source trial's directory), from a copy of its checkpoints.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import math
 import shutil
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -30,14 +32,29 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from mt_tune.config import RunConfig, format_scale, to_dict
-from mt_tune.errors import ConfigError
+from mt_tune.errors import ConfigError, UserError
 from mt_tune.search.spec import METRICS, StudySpec
-from mt_tune.train import (EvalResult, NaNLossError, OutOfMemoryError, StopTraining, Trainer, pick_amp_dtype,
-                           resolve_device)
+from mt_tune.train import (EvalResult, NaNLossError, OutOfMemoryError, StopTraining, Trainer, free_device_memory,
+                           pick_amp_dtype, resolve_device)
 
 # Fraction of a GPU's memory a run's estimate may take before it is pruned unstarted: the
 # estimate leaves out the CUDA context and allocator fragmentation.
 USABLE_GPU_FRACTION = 0.92
+
+
+def error_line(e: BaseException) -> str:
+    """`Type: first line of the message`: what a one-line log or attr says of an error."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def oom_reason(need: int, free: int, total: int, device: str) -> str | None:
+    """The predicted_oom message when an estimate `need` exceeds the usable part of the
+    memory `free` on `device` (bytes), else None."""
+    if need <= USABLE_GPU_FRACTION * free:
+        return None
+    return (f"estimated {need / 2**30:.2f} GiB > {USABLE_GPU_FRACTION:.0%} of the {free / 2**30:.2f} GiB free "
+            f"on {device} (free memory, of {total / 2**30:.2f} GiB total)")
 
 
 class DivergenceStop:
@@ -134,6 +151,7 @@ class Objective:
         self.device = device
         self.budget_check = budget_check
         self._data: dict[str, Any] = {}
+        self.last_log: Path | None = None  # train.log of the latest trial (the worker names it on failure)
 
     def data_for(self, cfg: RunConfig) -> Any:
         from mt_tune.data import prepare
@@ -146,6 +164,8 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         if self.budget_check is not None:
             self.budget_check(trial)
+        free_device_memory()  # each trial starts from a clean allocator, its peak counted alone
+        self.last_log = None
         start = time.perf_counter()
         trial.set_user_attr("scale", format_scale(self.spec.scale))
         params = self.spec.suggest(trial)
@@ -163,35 +183,36 @@ class Objective:
         if not resume and out_dir.exists():
             shutil.rmtree(out_dir)  # left by a deleted study of the same name: not this trial's
         out_dir.mkdir(parents=True, exist_ok=True)
+        source = trial.user_attrs.get("continue_from")  # a promotion at the same scale: go on, not over
+        if not resume and source and (Path(source) / "last.pt").is_file():
+            for name in ("last.pt", "best.pt"):
+                if (Path(source) / name).is_file():
+                    shutil.copyfile(Path(source) / name, out_dir / name)
+            resume = True
         trial.set_user_attr("artifacts", str(out_dir))
+        self.last_log = out_dir / "train.log"
 
-        data = self.data_for(cfg)
-        cfg.model.src_vocab_size, cfg.model.tgt_vocab_size = data.src_tok.vocab_size, data.tgt_tok.vocab_size
         hook = TrialHook(trial, self.spec)
-        if self._predicted_oom(cfg, trial):
-            raise self._pruned(trial, "predicted_oom", hook, start, out_dir)
         with open(out_dir / "train.log", "a", encoding="utf-8") as log_file:
             def log(*parts: Any) -> None:
                 print(*parts, file=log_file, flush=True)
 
             try:
-                trainer = Trainer(cfg, out_dir, data=data, hooks=[hook], resume=resume, log=log)
-                trial.set_user_attr("device", str(trainer.device))
-                trial.set_user_attr("n_params", trainer.n_params)
-                if resume:
-                    trial.set_user_attr("resumed_from_step", trainer.step)
-                    hook.replay(trainer.history)
-                result = trainer.fit()
-            except optuna.TrialPruned:
-                raise self._pruned(trial, "pruned", hook, start, out_dir)
-            except NaNLossError as e:
-                trial.set_user_attr("error", str(e))
-                raise self._pruned(trial, "nan_loss", hook, start, out_dir, steps=e.step)
-            except (OutOfMemoryError, torch.cuda.OutOfMemoryError) as e:
-                trainer = None  # drop the model and optimizer before freeing the cache
-                torch.cuda.empty_cache()
-                trial.set_user_attr("error", str(e).splitlines()[0])
-                raise self._pruned(trial, "oom", hook, start, out_dir, steps=getattr(e, "step", None))
+                result, ended = self._train(trial, cfg, out_dir, hook, resume, log)
+            except Exception as e:
+                # A FAIL trial: the whole traceback stays in its train.log (the checkpoints
+                # stay too), its first line goes into the `error` attr for `study show`.
+                log(traceback.format_exc().rstrip())
+                trial.set_user_attr("error", error_line(e))
+                raise
+        if ended is not None:
+            # Outside every handler: nothing refers to the failed run's frames any more, so
+            # the memory it held is free before the next trial in this process starts.
+            free_device_memory()
+            reason, error, steps = ended
+            if error:
+                trial.set_user_attr("error", error)
+            raise self._pruned(trial, reason, hook, start, out_dir, steps=steps)
 
         best = result.best.get(self.spec.metric)
         if best is None or not math.isfinite(best[0]):
@@ -217,6 +238,35 @@ class Objective:
             raise optuna.TrialPruned(f"diverged at step {result.steps}")
         return value
 
+    def _train(self, trial: optuna.Trial, cfg: RunConfig, out_dir: Path, hook: TrialHook, resume: bool,
+               log: Callable) -> tuple[Any, tuple[str, str | None, int | None] | None]:
+        """(run result, None), or (None, (stop_reason, error, steps)) for a trial that ends
+        PRUNED; other errors propagate (the trial FAILs). Only text leaves the handlers: an
+        exception kept alive would keep the run's model, optimizer and activations with it."""
+        try:
+            data = self.data_for(cfg)
+        except UserError as e:  # e.g. a searched vocab_size larger than the scale's corpus allows
+            return None, ("invalid_config", str(e), 0)
+        cfg.model.src_vocab_size, cfg.model.tgt_vocab_size = data.src_tok.vocab_size, data.tgt_tok.vocab_size
+        oom = self._predicted_oom(cfg, trial)
+        if oom is not None:
+            return None, ("predicted_oom", oom, 0)
+        try:
+            trainer = Trainer(cfg, out_dir, data=data, hooks=[hook], resume=resume, log=log)
+            trial.set_user_attr("device", str(trainer.device))
+            trial.set_user_attr("n_params", trainer.n_params)
+            if resume:
+                trial.set_user_attr("resumed_from_step", trainer.step)
+                hook.replay(trainer.history)
+            return trainer.fit(), None
+        except optuna.TrialPruned:
+            return None, ("pruned", None, None)
+        except NaNLossError as e:
+            return None, ("nan_loss", str(e), e.step)
+        except (OutOfMemoryError, torch.cuda.OutOfMemoryError) as e:
+            log(f"out of memory: {e}")
+            return None, ("oom", str(e).splitlines()[0], getattr(e, "step", None))
+
     # --- helpers --------------------------------------------------------------------------
 
     def _pruned(self, trial: optuna.Trial, reason: str, hook: TrialHook | None, start: float,
@@ -241,16 +291,19 @@ class Objective:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
 
-    def _predicted_oom(self, cfg: RunConfig, trial: optuna.Trial) -> bool:
-        """On a GPU: True when the memory estimate of this config exceeds the GPU's memory."""
+    def _predicted_oom(self, cfg: RunConfig, trial: optuna.Trial) -> str | None:
+        """On a GPU: why this config cannot fit (its estimate against the memory free on the
+        device now), or None. Free, not total, memory: other processes of `--processes K`,
+        or another job, may share the card."""
         device = resolve_device(cfg.train.device)
         if device.type != "cuda":
-            return False
+            return None
         from mt_tune.memory import estimate_memory
 
         amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(pick_amp_dtype(cfg.train.amp, device))
         need = int(estimate_memory(cfg.model, cfg.train, amp_dtype=amp)["total"])
-        have = torch.cuda.get_device_properties(device).total_memory
+        free, total = torch.cuda.mem_get_info(device)
         trial.set_user_attr("memory_estimate", need)
-        return need > USABLE_GPU_FRACTION * have
+        trial.set_user_attr("memory_free", int(free))
+        return oom_reason(need, free, total, str(device))
 

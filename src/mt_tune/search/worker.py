@@ -10,7 +10,9 @@ stop_reason=over_budget, without training.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import time
 import warnings
 from typing import Callable
@@ -21,9 +23,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mt_tune.errors import UserError
 from mt_tune.search.notes import write_study_note, write_trial_note
-from mt_tune.search.objective import Objective
+from mt_tune.search.objective import Objective, error_line
 from mt_tune.search.pruners import build_pruner
-from mt_tune.search.samplers import build_sampler
+from mt_tune.search.samplers import STREAM_ENV, build_sampler
 from mt_tune.search.spec import spec_from_study
 from mt_tune.search.storage import heartbeat_settings, mask_url, open_storage, resolve_url
 from mt_tune.search.study import load_study
@@ -33,6 +35,22 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.R
 
 class BudgetSpent(Exception):
     """Raised by a trial that started after the study's budget was used up."""
+
+
+class WorkerStopped(RuntimeError):
+    """The worker gave up: `max_consecutive_failures` trials in a row FAILed (a runtime
+    failure, exit status 1). A systematic error (a bug, a bad driver, a missing file) would
+    otherwise fail every trial until the whole budget is spent."""
+
+
+def sampler_stream(seed_exact: bool = False) -> str | None:
+    """This process's sampler stream: the launcher's ($MT_TUNE_SAMPLER_STREAM), else host and
+    process id, so that workers started by hand on several machines draw different trials;
+    None (the spec's seed exactly, reproducible) only when asked for with seed_exact."""
+    launched = os.environ.get(STREAM_ENV)
+    if launched or seed_exact:
+        return launched or None
+    return f"{socket.gethostname()}/{os.getpid()}"
 
 
 def counts_toward_budget(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -74,19 +92,25 @@ def budget_used(study: optuna.Study) -> int:
 
 
 def run_worker(study_name: str, storage_url: str | None = None, n_trials: int | None = None,
-               device: str = "auto", artifacts: str = "mt-tune-artifacts", log: Callable = print) -> dict:
+               device: str = "auto", artifacts: str = "mt-tune-artifacts", log: Callable = print,
+               max_consecutive_failures: int | None = None, seed_exact: bool = False) -> dict:
     """Run trials of `study_name` until the study's budget or `n_trials` (of this worker) is
-    reached; one log line per finished trial. Returns a summary."""
+    reached; one log line per finished trial. Returns a summary. Raises WorkerStopped after
+    `max_consecutive_failures` (default: the spec's budget.max_consecutive_failures) FAIL
+    trials in a row. seed_exact: use the spec's sampler seed as it is (see sampler_stream)."""
     if n_trials is not None and n_trials < 1:
         raise UserError(f"--n-trials: must be >= 1, got {n_trials}")
+    if max_consecutive_failures is not None and max_consecutive_failures < 1:
+        raise UserError(f"--max-consecutive-failures: must be >= 1, got {max_consecutive_failures}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise UserError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}")
     url = resolve_url(storage_url)
     spec = spec_from_study(load_study(study_name, url))
     storage = open_storage(url, create_schema=False)
-    study = optuna.load_study(study_name=study_name, storage=storage, sampler=build_sampler(spec),
-                              pruner=build_pruner(spec))
+    study = optuna.load_study(study_name=study_name, storage=storage,
+                              sampler=build_sampler(spec, stream=sampler_stream(seed_exact)), pruner=build_pruner(spec))
     budget = spec.budget.trials
+    failure_limit = max_consecutive_failures or spec.budget.max_consecutive_failures
 
     def check_budget(trial: optuna.Trial) -> None:
         earlier = [t for t in counts_toward_budget(study.get_trials(deepcopy=False)) if t.number < trial.number]
@@ -113,6 +137,7 @@ def run_worker(study_name: str, storage_url: str | None = None, n_trials: int | 
         f"{budget_used(study)} taken; checkpoints under {artifacts}/{study_name}/")
     write_study_note(study)
     ran, start = 0, time.perf_counter()
+    failures = 0  # FAIL trials in a row
     while (n_trials is None or ran < n_trials) and budget_used(study) < budget:
         try:
             study.optimize(requeue_on_interrupt(objective), n_trials=1, callbacks=[log_trial])
@@ -121,7 +146,15 @@ def run_worker(study_name: str, storage_url: str | None = None, n_trials: int | 
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - the trial is recorded as FAIL; the worker goes on
-            log(f"trial failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            failures += 1
+            where = f"; traceback in {objective.last_log}" if objective.last_log else ""
+            log(f"trial failed: {error_line(e)}{where}")
+            if failures >= failure_limit:
+                raise WorkerStopped(f"study {study_name!r}: {failures} trials in a row failed, the last with "
+                                    f"{error_line(e)}{where}; stopping this worker "
+                                    f"(budget.max_consecutive_failures / --max-consecutive-failures)") from None
+        else:
+            failures = 0
         ran += 1
 
     states = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}

@@ -92,16 +92,19 @@ def run_this_process(
     device: str = "auto",
     artifacts: str = "mt-tune-artifacts",
     log: Callable[[str], None] = print,
+    max_consecutive_failures: int | None = None,
+    seed_exact: bool = False,
 ) -> tuple[int, dict[str, Any] | None]:
     """run_worker in this process, with Ctrl-C/SIGTERM ending it cleanly.
 
     Returns (exit status, summary): 0 and run_worker's summary when the budget or n_trials
-    is reached, EXIT_INTERRUPTED and None when a signal ended it. The interrupted trial was
+    is reached, 1 and None when too many trials in a row failed (WorkerStopped),
+    EXIT_INTERRUPTED and None when a signal ended it. The interrupted trial was
     re-queued by run_worker; a second signal during that cleanup is ignored, so the trial is
     not left RUNNING half-recorded."""
     import optuna
 
-    from mt_tune.search.worker import run_worker
+    from mt_tune.search.worker import WorkerStopped, run_worker
 
     # run_worker writes one line per trial; Optuna's own per-trial warnings (with the
     # traceback of an interrupt) would repeat them.
@@ -117,7 +120,11 @@ def run_this_process(
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return 0, run_worker(study_name, storage_url, n_trials=n_trials, device=device, artifacts=artifacts, log=log)
+        return 0, run_worker(study_name, storage_url, n_trials=n_trials, device=device, artifacts=artifacts, log=log,
+                             max_consecutive_failures=max_consecutive_failures, seed_exact=seed_exact)
+    except WorkerStopped as e:
+        log(f"error: {e}")
+        return 1, None
     except KeyboardInterrupt:
         log("worker interrupted")
         return EXIT_INTERRUPTED, None
@@ -129,8 +136,9 @@ def run_this_process(
 
 def _child_main(argv: list[str]) -> int:
     """Entry point of a launched process: `python -m mt_tune.search.workers STUDY N_TRIALS
-    DEVICE ARTIFACTS`; the storage URL comes from $MT_TUNE_STORAGE."""
-    study_name, n_trials, device, artifacts = argv
+    DEVICE ARTIFACTS MAX_CONSECUTIVE_FAILURES` ("-" for a default); the storage URL comes
+    from $MT_TUNE_STORAGE."""
+    study_name, n_trials, device, artifacts, max_failures = argv
     try:
         status, summary = run_this_process(
             study_name,
@@ -139,6 +147,7 @@ def _child_main(argv: list[str]) -> int:
             device=device,
             artifacts=artifacts,
             log=lambda line: print(line, flush=True),
+            max_consecutive_failures=int(max_failures) if max_failures != "-" else None,
         )
     except UserError as e:
         print(f"error: {e}", flush=True)
@@ -160,6 +169,7 @@ def launch_workers(
     artifacts: str = "mt-tune-artifacts",
     log: Callable[[str], None] = print,
     gpu_count: int | None = None,
+    max_consecutive_failures: int | None = None,
 ) -> dict[str, Any]:
     """Start one worker process per slot of `plan_slots(devices, processes)`, relay their
     output prefixed by device, stop them cleanly on Ctrl-C/SIGTERM, wait for all, and return
@@ -186,7 +196,8 @@ def launch_workers(
                # distinct sampler seeds per process, on this and every other machine
                SAMPLER_STREAM_ENV: f"{socket.gethostname()}/{slot.label}"}
         child = subprocess.Popen(
-            [sys.executable, "-m", "mt_tune.search.workers", study_name, str(n_trials or "-"), slot.device, str(artifacts)],
+            [sys.executable, "-m", "mt_tune.search.workers", study_name, str(n_trials or "-"), slot.device, str(artifacts),
+             str(max_consecutive_failures or "-")],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
