@@ -151,3 +151,13 @@ def test_a_sampled_combination_that_cannot_run_is_pruned_invalid_config(tmp_path
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.PRUNED and trial.user_attrs["stop_reason"] == "invalid_config"
     assert "model.share_embeddings: needs data.joint_vocab: true" in trial.user_attrs["error"]
+
+
+def test_predicted_oom_is_judged_against_free_memory_and_says_so():
+    from mt_tune.search.objective import USABLE_GPU_FRACTION, oom_reason
+
+    gib = 2**30
+    # Fits the card (80 GiB) but not what another process left free (8 GiB): pruned.
+    reason = oom_reason(10 * gib, 8 * gib, 80 * gib, "cuda:0")
+    assert reason is not None and "8.00 GiB free on cuda:0" in reason and "80.00 GiB total" in reason
+    assert oom_reason(int(USABLE_GPU_FRACTION * 8 * gib), 8 * gib, 80 * gib, "cuda:0") is None
