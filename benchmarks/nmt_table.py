@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from dataclasses import field as _field
 from pathlib import Path
 
+import numpy as np
+
 from mt_tune.errors import ConfigError
 from mt_tune.search.spec import StudySpec, build_spec
 
@@ -140,13 +142,14 @@ class Table:
             key = tuple(tuple(hp[n] for n in d.names) for d in self.dims)
             if key in self.by_key:
                 continue  # the same configuration twice: the first is kept
-            self.by_key[key] = cfg = Config(cid, key, ppl, bleu, dev)
+            self.by_key[key] = cfg = Config(len(self.configs), key, ppl, bleu, dev)  # id: its position
             self.configs.append(cfg)
         self.mean_len = statistics.fmean(len(c.ppl) for c in self.configs)
         self.max_len = max(len(c.ppl) for c in self.configs)
         per = [c.bleu_after(len(c.ppl)) for c in self.configs]
         self.best_bleu, self.worst_bleu = max(per), min(per)
         self.grid_size = math.prod(len(d.values) for d in self.dims)
+        self._positions: np.ndarray | None = None
         self._map_fields()
 
     def base_spec(self) -> dict:
@@ -200,14 +203,14 @@ class Table:
         exact = self.by_key.get(key)
         if exact is not None and exact.id not in tried:
             return exact, False
-
-        def dist(cfg: Config) -> tuple:
-            total = 0.0
-            for d, a, b in zip(self.dims, key, cfg.key):
-                if len(d.names) > 1 or not all(isinstance(v[0], (int, float)) for v in d.values):
-                    total += a != b
-                else:
-                    total += abs(d.values.index(a) - d.values.index(b)) / (len(d.values) - 1)
-            return total, cfg.id
-
-        return min((c for c in self.configs if c.id not in tried), key=dist), True
+        if self._positions is None:  # configurations x dimensions: each value's position
+            self._positions = np.array([[d.values.index(v) for d, v in zip(self.dims, c.key)]
+                                        for c in self.configs], dtype=float).reshape(len(self.configs), -1)
+        ordered = np.array([len(d.names) == 1 and all(isinstance(v[0], (int, float)) for v in d.values)
+                            for d in self.dims], dtype=bool)
+        span = np.array([max(len(d.values) - 1, 1) for d in self.dims], dtype=float)
+        q = np.array([d.values.index(v) for d, v in zip(self.dims, key)], dtype=float)
+        diff = np.abs(self._positions - q)
+        dist = np.where(ordered, diff / span, diff > 0).sum(axis=1)
+        dist[[i for i in tried]] = np.inf
+        return self.configs[int(np.argmin(dist))], True  # ties: the first in the table

@@ -115,8 +115,9 @@ class TableObjective:
 def run_study(table: Table, policy: str, seed: int, budget: float, storage_url: str | None = None,
               sets: dict | None = None, limit: float | None = None) -> list[Record]:
     """One study until its compute reaches the budget and a trial within TOLERANCE of the best
-    is credited, or every configuration has been tried (or the compute reaches `limit` full
-    trainings)."""
+    is credited, or it has run 3x the trials random search needs on average (its ftc then is
+    censored: the study has lost against random search by far), or every configuration has
+    been tried, or the compute reaches `limit` full trainings."""
     spec = policy_spec(table, policy, seed, budget, sets)
     name = f"{spec.name}-{policy}-{seed}"
     if storage_url:
@@ -131,11 +132,13 @@ def run_study(table: Table, policy: str, seed: int, budget: float, storage_url: 
                                     pruner=build_pruner(spec))
     objective = TableObjective(table, spec)
     cut, target = budget * table.mean_len, table.best_bleu - TOLERANCE
+    near = sum(c.bleu_after(len(c.ppl)) >= target for c in table.configs)
+    cap = 3 * (len(table.configs) + 1) / (near + 1)  # random search without replacement: (N+1)/(K+1)
 
     def enough(study: optuna.Study, _trial: object) -> None:
         rs = objective.records
         spent = sum(r.used for r in rs)
-        if (spent >= cut and any(r.bleu is not None and r.bleu >= target for r in rs)
+        if (spent >= cut and (len(rs) >= cap or any(r.bleu is not None and r.bleu >= target for r in rs))
                 or (limit is not None and spent >= limit * table.mean_len)):
             study.stop()
 
@@ -152,7 +155,7 @@ def measure(table: Table, records: list[Record], budget: float) -> dict:
             ftc, ftc_compute = n, (spent + r.cfg.known_at(target)) / table.mean_len
         spent += r.used
     found = ftc is not None
-    if not found:  # censored: every configuration was tried
+    if not found:  # censored
         ftc, ftc_compute = len(records), spent / table.mean_len
     pick, start = None, 0
     for r in records:
