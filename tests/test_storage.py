@@ -468,3 +468,16 @@ def test_the_private_use_check_sees_what_the_old_code_did():
 def test_no_module_in_src_touches_optuna_or_dashboard_internals():
     offenders = {str(p.relative_to(SRC)): private_uses(p.read_text()) for p in sorted(SRC.rglob("*.py"))}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_finding_a_studys_storage_skips_storages_that_are_gone(tmp_path):
+    """A long-lived process may hold storages that can no longer be read (a dropped database,
+    a file overwritten); looking a study up among them must not fail on those."""
+    from mt_tune.search.storage import open_storage, opened_storage_holding
+
+    old = tmp_path / "old.db"
+    optuna.create_study(study_name="old", storage=open_storage(f"sqlite:///{old}"))
+    here = open_storage(f"sqlite:///{tmp_path}/here.db")
+    optuna.create_study(study_name="here", storage=here)
+    old.write_bytes(b"not a database " * (old.stat().st_size // 15 + 1))
+    assert opened_storage_holding("here") is here

@@ -231,7 +231,7 @@ def opened_storage_holding(study_name: str) -> optuna.storages.BaseStorage | Non
     for storage in storages:
         try:
             storage.get_study_id_from_name(study_name)
-        except KeyError:
+        except Exception:  # noqa: BLE001 - not there, or a storage no longer reachable (a dropped database)
             continue
         holding.append(storage)
     return holding[0] if len(holding) == 1 else None

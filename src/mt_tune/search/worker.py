@@ -129,9 +129,12 @@ def run_worker(study_name: str, storage_url: str | None = None, n_trials: int | 
         value = f"{spec.metric} {t.value:.4g}" if t.value is not None else "no value"
         log(f"trial {t.number:>3} {t.state.name.lower():<8} {value} | {a.get('stop_reason', '-')} | "
             f"{a.get('steps', 0)} steps | {a.get('wall_s', 0):.1f} s")
-        write_trial_note(study, t)  # shown next to the trial in optuna-dashboard
-        if "parent" in study.user_attrs:
-            write_study_note(study)  # a promoted study's note holds the scale-transfer table
+        try:
+            write_trial_note(study, t, storage)  # shown next to the trial in optuna-dashboard
+            if "parent" in study.user_attrs:
+                write_study_note(study)  # a promoted study's note holds the scale-transfer table
+        except Exception as e:  # noqa: BLE001 - a note is a display aid: the trial is recorded all the same
+            log(f"trial {t.number}: note not written ({error_line(e)})")
 
     log(f"worker for study {study_name!r} in {mask_url(url)}: budget {budget} trials, "
         f"{budget_used(study)} taken; checkpoints under {artifacts}/{study_name}/")
