@@ -167,7 +167,7 @@ class BatchIterator:
     def make_batch(self, indices: np.ndarray) -> Batch:
         indices = np.asarray(indices, dtype=np.int64)
         s_lens, t_lens = self._src_len[indices] - 1, self._tgt_len[indices] - 1  # ids without eos/bos
-        src_ids, tgt_ids = _gather(self.shard, indices, s_lens, t_lens)
+        src_ids, tgt_ids = self.shard.take(indices, s_lens, t_lens)
         n, rows = len(indices), np.arange(len(indices))
         s_len, t_len = int(self._round(s_lens.max() + 1)), int(self._round(t_lens.max() + 1))
         # Row-major boolean masks take the concatenated ids in pair order: no loop over pairs.
@@ -184,21 +184,6 @@ class BatchIterator:
         tgt_in[:, 1:][t_mask[:, :-1]] = tgt_ids
         n_src, n_tgt = int(s_lens.sum()) + n, int(t_lens.sum()) + n
         return Batch(torch.from_numpy(src), torch.from_numpy(tgt_in), torch.from_numpy(tgt_out), n_src, n_tgt)
-
-
-def _gather(shard: Shard, indices: np.ndarray, s_lens: np.ndarray, t_lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The ids of these pairs, each side's back to back in pair order: two fancy-indexed reads
-    of the shard's arrays. Shard.pair() per pair costs ~45 us in numpy's memmap indexing, most
-    of a batch's build time."""
-    index = np.asarray(shard._index)  # plain views of the memmaps: no memmap.__getitem__ per read
-    starts = index[indices]
-    out = []
-    for side, (ids, lens) in enumerate(((shard._src, s_lens), (shard._tgt, t_lens))):
-        total = int(lens.sum())
-        # position of every id: its pair's start plus its offset within the pair
-        within = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens)
-        out.append(np.asarray(ids)[np.repeat(starts[:, side], lens) + within])
-    return out[0], out[1]
 
 
 def _pack(indices: np.ndarray, src: np.ndarray, tgt: np.ndarray, max_tokens: int) -> list[np.ndarray]:

@@ -85,6 +85,18 @@ class Shard:
         (s0, t0), (s1, t1) = self._index[i], self._index[i + 1]
         return np.asarray(self._src[s0:s1]), np.asarray(self._tgt[t0:t1])
 
+    def take(self, indices: np.ndarray, src_lens: np.ndarray, tgt_lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of these pairs (whose lengths are given), each side's back to back in pair
+        order: two fancy-indexed reads of the arrays. pair() per pair costs ~45 us in numpy's
+        memmap indexing, most of a batch's build time."""
+        starts = np.asarray(self._index)[indices]  # a plain view: no memmap.__getitem__ per read
+        out = []
+        for side, (ids, lens) in enumerate(((self._src, src_lens), (self._tgt, tgt_lens))):
+            # position of every id: its pair's start plus its offset within the pair
+            within = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+            out.append(np.asarray(ids)[np.repeat(starts[:, side], lens) + within])
+        return out[0], out[1]
+
     def __repr__(self) -> str:
         return f"Shard({self.directory.name}/{self.split}, {len(self)} pairs)"
 
