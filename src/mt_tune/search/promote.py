@@ -79,8 +79,12 @@ def destination_spec(spec: StudySpec, name: str, scale: Any, steps_factor: float
 
 
 def promote(src: str, dst: str, storage_url: str | None = None, top_k: int = 4, scale: Any = "full",
-            steps_factor: float = 1.0, log: Callable[[str], None] = print) -> PromotionResult:
-    """Enqueue the top-k COMPLETE trials of study `src` into study `dst` (created when missing)."""
+            steps_factor: float = 1.0, log: Callable[[str], None] = print, also: tuple[int, ...] = (),
+            continue_runs: bool = False) -> PromotionResult:
+    """Enqueue the top-k COMPLETE trials of study `src` into study `dst` (created when missing),
+    and the COMPLETE trials numbered in `also` wherever they rank (e.g. a warm start).
+    continue_runs: each promoted trial continues its source trial's checkpoint instead of
+    training from scratch (same scale only: the vocabulary is the scale's)."""
     if top_k < 1:
         raise UserError(f"--top-k: must be at least 1, got {top_k}")
     if not steps_factor > 0:
@@ -90,9 +94,12 @@ def promote(src: str, dst: str, storage_url: str | None = None, top_k: int = 4, 
     url = resolve_url(storage_url)
     source = load_study(src, url)
     spec = spec_from_study(source)
-    top = ranked_trials(source)[:top_k]
+    ranked = ranked_trials(source)
+    top = [(rank, t) for rank, t in enumerate(ranked, start=1) if rank <= top_k or t.number in also]
     if not top:
         raise UserError(f"study {src!r} has no completed trials to promote")
+    if continue_runs and format_scale(parse_scale(scale, "--scale")) != format_scale(spec.scale):
+        raise UserError(f"continuing checkpoints needs the same scale: {src!r} is at {format_scale(spec.scale)}")
 
     try:
         target = optuna.load_study(study_name=dst, storage=open_storage(url))
@@ -125,15 +132,15 @@ def promote(src: str, dst: str, storage_url: str | None = None, top_k: int = 4, 
     present = {(t.user_attrs["promoted_from"].get("study"), t.user_attrs["promoted_from"].get("trial"))
                for t in target.get_trials(deepcopy=False) if isinstance(t.user_attrs.get("promoted_from"), dict)}
     result = PromotionResult(src, dst, created, format_scale(new_spec.scale))
-    for rank, trial in enumerate(top, start=1):
+    for rank, trial in top:
         if (src, trial.number) in present:
             result.already_there.append(trial.number)
             continue
-        target.enqueue_trial(trial.params, skip_if_exists=True, user_attrs={
-            "promoted_from": {"study": src, "trial": trial.number},
-            "source_rank": rank,
-            "source_value": trial.value,
-        })
+        attrs = {"promoted_from": {"study": src, "trial": trial.number}, "source_rank": rank,
+                 "source_value": trial.value}
+        if continue_runs and trial.user_attrs.get("artifacts"):
+            attrs["continue_from"] = trial.user_attrs["artifacts"]  # read by the objective
+        target.enqueue_trial(trial.params, skip_if_exists=True, user_attrs=attrs)
         result.enqueued.append({"source_trial": trial.number, "source_rank": rank, "params": dict(trial.params)})
 
     # The destination's trial budget must cover every promoted trial, or workers would stop early.
