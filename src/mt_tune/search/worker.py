@@ -27,7 +27,7 @@ from mt_tune.search.objective import Objective, error_line
 from mt_tune.search.pruners import build_pruner
 from mt_tune.search.samplers import STREAM_ENV, build_sampler
 from mt_tune.search.spec import spec_from_study
-from mt_tune.search.storage import heartbeat_settings, mask_url, open_storage, resolve_url
+from mt_tune.search.storage import heartbeat_settings, mask_url, open_storage, recover_orphaned_trials, resolve_url
 from mt_tune.search.study import load_study
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
@@ -85,8 +85,6 @@ def budget_used(study: optuna.Study) -> int:
     # A dead worker's trial (or one orphaned by a lost reply) stays RUNNING, and would count,
     # until some worker fails it and queues its retry; do that first, or workers that see the
     # budget taken would all exit and leave it RUNNING for ever.
-    from mt_tune.search.storage import recover_orphaned_trials
-
     recover_orphaned_trials(study)
     return len(counts_toward_budget(study.get_trials(deepcopy=False)))
 
