@@ -41,6 +41,10 @@ class Config:
     ppl: list[float]
     bleu: list[float] | None  # per checkpoint (fine-tuning tables)
     dev_bleu: float | None  # of the best-perplexity checkpoint (from-scratch tables)
+    # Subwords the dev set has under this config's vocabulary, relative to the smallest
+    # vocabulary's (1.0 where the vocabulary is not a dimension): ln ppl times this is a loss
+    # per unit of text, comparable across vocabularies as mt-tune's val_loss_per_char is.
+    relative_length: float = 1.0
 
     @property
     def credit_at(self) -> int:
@@ -144,6 +148,7 @@ class Table:
                 continue  # the same configuration twice: the first is kept
             self.by_key[key] = cfg = Config(len(self.configs), key, ppl, bleu, dev)  # id: its position
             self.configs.append(cfg)
+        self.relative_lengths = self._relative_lengths()
         self.mean_len = statistics.fmean(len(c.ppl) for c in self.configs)
         self.max_len = max(len(c.ppl) for c in self.configs)
         per = [c.bleu_after(len(c.ppl)) for c in self.configs]
@@ -151,6 +156,29 @@ class Table:
         self.grid_size = math.prod(len(d.values) for d in self.dims)
         self._positions: np.ndarray | None = None
         self._map_fields()
+
+    def _relative_lengths(self) -> dict:
+        """The dev set's length in subwords under each vocabulary size, relative to the smallest.
+        The tables record perplexity per subword only, and a dev set's subword count is a fact
+        of its text and vocabulary, not of the model (mt-tune's trainer counts it). It is
+        estimated here from pairs of configurations that differ in the vocabulary alone: their
+        total dev log-likelihood (ln ppl x length) is taken as equal, so length(s) / length(s0)
+        is the median of ln ppl(s0) / ln ppl(s) over such pairs."""
+        vocab = [i for i, d in enumerate(self.dims) if len(d.names) == 1 and FIELDS.get(d.names[0]) == "data.vocab_size"]
+        if not self.scratch or not vocab:
+            return {}
+        v = vocab[0]
+        groups: dict = {}
+        for c in self.configs:
+            groups.setdefault(c.key[:v] + c.key[v + 1:], {})[c.key[v]] = math.log(min(c.ppl))
+        sizes = self.dims[v].values
+        out = {sizes[0]: 1.0}
+        for size in sizes[1:]:
+            ratios = [g[sizes[0]] / g[size] for g in groups.values() if sizes[0] in g and size in g and g[size] > 0]
+            out[size] = statistics.median(ratios) if ratios else 1.0
+        for c in self.configs:
+            c.relative_length = out[c.key[v]]
+        return {s[0]: round(r, 3) for s, r in out.items()}
 
     def base_spec(self) -> dict:
         return {"name": f"nmt-{self.corpus}", "data": {"format": "sample"},

@@ -3,6 +3,7 @@ real Optuna studies in a real storage (SQLite files)."""
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,27 @@ def test_a_file_that_is_not_a_table_is_refused_with_exit_2(tmp_path):
     assert done.returncode == 2 and "configs[0]" in done.stderr and "Traceback" not in done.stderr
     done = run_cli(scratch_table(tmp_path / "t.json"), "--set", "mt-tune:stopping.patience=0")
     assert done.returncode == 2 and "patience" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_pruner_sees_a_loss_per_unit_of_text_when_the_vocabulary_is_searched(tmp_path):
+    """Perplexity per subword does not compare across vocabularies (a larger one has fewer,
+    harder subwords); mt-tune's trainer reports val_loss_per_char for that. The replay scales
+    ln ppl by the dev set's relative subword count, estimated from configs differing only in
+    the vocabulary: here the 8,000 vocabulary's dev set is 0.8x as long as the 1,000 one's."""
+    configs = []
+    for i, (layers, bpe) in enumerate((layers, bpe) for layers in (2, 4, 6) for bpe in (1000, 8000)):
+        per_text = 2.0 + 0.1 * layers  # total dev log-likelihood / length(1000): same for both vocabularies
+        ppl = math.exp(per_text / (1.0 if bpe == 1000 else 0.8))
+        configs.append({"hyperparams": {"num_layers": layers, "bpe_symbols": bpe}, "dev_bleu": 10.0 + i,
+                        "ppl_curve": [ppl * 1.5, ppl, ppl * 1.1]})
+    path = tmp_path / "v.json"
+    path.write_text(json.dumps({"corpus": "vv-en", "configs": configs}))
+    table = nt.Table(path)
+    assert table.relative_lengths == {1000: 1.0, 8000: pytest.approx(0.8)}
+    spec = nt.policy_spec(table, "random", 0, 10)
+    study = optuna.create_study(direction=spec.direction, sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(nt.TableObjective(table, spec), n_trials=6)  # each config once (untried ones are mapped to)
+    by = {table.configs[t.user_attrs["config_id"]].key: t.value for t in study.trials}
+    assert len(by) == 6
+    for layers in (2, 4, 6):  # the same model quality reads the same under either vocabulary
+        assert by[((layers,), (1000,))] == pytest.approx(by[((layers,), (8000,))], rel=1e-4)
