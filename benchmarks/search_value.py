@@ -1,0 +1,159 @@
+"""Does the search beat the baseline at the same final budget?
+
+    python benchmarks/search_value.py [--seeds 1 2] [--minutes 10] [--threads 2] [--trials 10]
+                                      [--spec studies/demo.yaml] [--test-size 300] [--beam 4]
+                                      [--workdir /tmp/mt-tune-search-value] [--json]
+
+For each seed, as a user would run it, through the `mt-tune` command line:
+  1. search: the spec (the demo's: warm-started from the baseline) as a study in its own SQLite
+     file, run by 2 single-thread worker processes; its compute is at most one final run:
+     trials x trial minutes x 1 thread = --minutes x --threads CPU-minutes.
+  2. pick: studies/baseline.yaml with the best trial's searched values, trained for --minutes
+     with --threads threads (`mt-tune train ... train.max_minutes=M train.threads=T`);
+     every setting the search did not sample is the baseline's.
+  3. baseline: studies/baseline.yaml, unchanged, trained the same way.
+  4. both best.pt scored with beam --beam (`mt-tune evaluate`) on --test-size pairs of the
+     sample held out by hash from everything: no trial, no final run and no checkpoint choice
+     ever saw them. All runs train on the rest of the sample (the same file for all); their
+     dev set is held out from it as usual.
+The seed is the sampler's seed and both final runs' train.seed. Printed per seed: the pick's
+values, the search's CPU time against the baseline's, BLEU/chrF of both; then the mean BLEU
+difference (target: pick >= baseline + 0.5). The final runs are timed by the wall clock, so
+run it on an otherwise idle machine; each run's CPU seconds and the load average are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+
+from mt_tune.data.sample import iter_sample
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = REPO / "studies" / "baseline.yaml"
+MT_TUNE = shutil.which("mt-tune", path=str(Path(sys.executable).parent)) or "mt-tune"  # this environment's
+
+
+def mt_tune(*args: str, log: Path) -> float:
+    """Run `mt-tune ARGS` (output to log); its CPU seconds, children included."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(log, "w") as f:
+        proc = subprocess.run([MT_TUNE, *args], check=False, stdout=f, stderr=subprocess.STDOUT,
+                              cwd=REPO)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"mt-tune {' '.join(args)} failed (exit {proc.returncode}); see {log}")
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def split_sample(workdir: Path, test_size: int) -> tuple[Path, Path, Path]:
+    """train.jsonl (every usable pair but the test pairs) and test.zh / test.en: the pairs with
+    the smallest hash of their source text, so the same text never sits on both sides."""
+    pairs = [(zh, en) for _, zh, en, skip in iter_sample() if skip is None]
+    rank = sorted(range(len(pairs)), key=lambda i: hashlib.sha1(pairs[i][0].encode()).hexdigest())
+    test_src = {pairs[i][0] for i in rank[:test_size]}
+    train = [p for p in pairs if p[0] not in test_src]
+    test = [p for p in pairs if p[0] in test_src]
+    seen, unique_test = set(), []
+    for zh, en in test:  # one reference per source sentence
+        if zh not in seen:
+            seen.add(zh)
+            unique_test.append((zh, en))
+    paths = workdir / "train.jsonl", workdir / "test.zh", workdir / "test.en"
+    paths[0].write_text("".join(json.dumps({"zh": zh, "en": en}, ensure_ascii=False) + "\n" for zh, en in train))
+    paths[1].write_text("".join(zh.replace("\n", " ") + "\n" for zh, _ in unique_test))
+    paths[2].write_text("".join(en.replace("\n", " ") + "\n" for _, en in unique_test))
+    return paths
+
+
+def score(checkpoint: Path, src: Path, ref: Path, beam: int, log: Path) -> dict:
+    mt_tune("evaluate", str(checkpoint), "--src", str(src), "--ref", str(ref), "--beam", str(beam), log=log)
+    text = log.read_text()
+    return {m: float(re.search(rf"^{m} ([\d.]+)", text, re.MULTILINE).group(1)) for m in ("BLEU", "chrF")}
+
+
+def run_seed(seed: int, args: argparse.Namespace, data: list[str], test: tuple[Path, Path]) -> dict:
+    work = args.workdir / f"seed-{seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{work / 'search.db'}"
+    trial_minutes = args.trial_minutes or args.minutes * args.threads / args.trials
+    name = f"search-value-{seed}"
+    search_cpu = mt_tune("study", "create", str(args.spec), "--storage", url, "--name", name, *data,
+                         f"sampler.seed={seed}", f"budget.trials={args.trials}", f"budget.max_minutes={trial_minutes}",
+                         "train.threads=1", log=work / "create.log")
+    search_cpu += mt_tune("worker", name, "--storage", url, "--devices", "cpu", "--processes", "2",
+                          "--artifacts", str(work / "artifacts"), log=work / "search.log")
+    study = optuna.load_study(study_name=name, storage=url)
+    best = study.best_trial
+    final = [*data, f"train.max_minutes={args.minutes}", f"train.threads={args.threads}", f"train.seed={seed}"]
+    runs = {}
+    for run, values in (("baseline", []), ("pick", [f"{k}={v}" for k, v in best.params.items()])):
+        out = work / run
+        cpu = mt_tune("train", str(BASELINE), *final, *values, "--out", str(out), log=work / f"{run}.log")
+        runs[run] = dict(score(out / "best.pt", *test, args.beam, work / f"{run}-score.log"), cpu_s=round(cpu, 1),
+                         load=round(os.getloadavg()[0], 2))
+    return {"seed": seed, "pick_trial": best.number, "pick_params": best.params,
+            "search_trials": len(study.trials), "search_cpu_s": round(search_cpu, 1), **runs,
+            "bleu_difference": round(runs["pick"]["BLEU"] - runs["baseline"]["BLEU"], 2)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--minutes", type=float, default=10.0, help="each final run's train.max_minutes")
+    ap.add_argument("--threads", type=int, default=2, help="each final run's train.threads")
+    ap.add_argument("--trials", type=int, default=10, help="search trials")
+    ap.add_argument("--trial-minutes", type=float, default=None,
+                    help="per trial [default: minutes x threads / trials: the search costs one final run]")
+    ap.add_argument("--spec", type=Path, default=REPO / "studies" / "demo.yaml")
+    ap.add_argument("--test-size", type=int, default=300)
+    ap.add_argument("--beam", type=int, default=4)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/mt-tune-search-value"))
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if args.trial_minutes and args.trial_minutes * args.trials > args.minutes * args.threads + 1e-9:
+        print(f"error: --trial-minutes {args.trial_minutes} x --trials {args.trials} is more compute than one "
+              f"final run ({args.minutes} min x {args.threads} threads)", file=sys.stderr)
+        return 2
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    train, src, ref = split_sample(args.workdir, args.test_size)
+    data = ["data.format=jsonl", f"data.train=[{train}]"]
+    start = time.perf_counter()
+    results = [run_seed(seed, args, data, (src, ref)) for seed in args.seeds]
+    diffs = [r["bleu_difference"] for r in results]
+    summary = {"seeds": results, "mean_bleu_difference": round(statistics.fmean(diffs), 2),
+               "target_met": statistics.fmean(diffs) >= 0.5, "test_pairs": len(src.read_text().splitlines()),
+               "wall_s": round(time.perf_counter() - start, 1),
+               "baseline_config": str(BASELINE.relative_to(REPO))}
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"search ({args.trials} trials, spec {args.spec.name}) vs {summary['baseline_config']}, each final run "
+          f"{args.minutes:g} min x {args.threads} threads, beam {args.beam} on {summary['test_pairs']} held-out pairs")
+    for r in results:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["pick_params"].items())
+        print(f"seed {r['seed']}: pick trial {r['pick_trial']} of {r['search_trials']} ({params}); search CPU "
+              f"{r['search_cpu_s']:.0f} s = {r['search_cpu_s'] / r['baseline']['cpu_s']:.2f}x the baseline run's")
+        for run in ("baseline", "pick"):
+            s = r[run]
+            print(f"  {run:<8} BLEU {s['BLEU']:6.2f}  chrF {s['chrF']:6.2f}  CPU {s['cpu_s']:.0f} s  load {s['load']}")
+        print(f"  pick - baseline: {r['bleu_difference']:+.2f} BLEU")
+    print(f"mean pick - baseline: {summary['mean_bleu_difference']:+.2f} BLEU (target +0.50: "
+          f"{'met' if summary['target_met'] else 'NOT met'}); {summary['wall_s'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
