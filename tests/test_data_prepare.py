@@ -133,7 +133,7 @@ def test_parallel_chunks_give_the_same_result_as_one(tmp_path, corpus, monkeypat
     # A file gives at least two chunks per core (here 4 cores), read by a process pool.
     monkeypatch.setattr(readers, "MIN_CHUNK_BYTES", 1024)
     monkeypatch.setattr(readers.os, "cpu_count", lambda: 4)
-    monkeypatch.setattr(importlib.import_module("mt_tune.data.prepare"), "ENCODE_CHUNK", 64)  # encoded by one
+    monkeypatch.setattr(importlib.import_module("mt_tune.data.encode"), "ENCODE_CHUNK", 64)  # encoded by one
     assert len(readers.open_corpus([corpus]).chunks()) > 5
     many = prepare(config(tmp_path / "b", train=[str(corpus)]))
     assert np.array_equal(one.train.src_lens, many.train.src_lens)

@@ -215,3 +215,59 @@ def test_commands_reject_bad_files(checkpoint, tmp_path, capsys):
         code, out, err = run_cli(argv, capsys)
         assert code == 2, argv
         assert message in err and "Traceback" not in err
+
+
+# --- beam search keeps live hypotheses apart from finished ones ----------------------------
+
+A, B, C, D, E, X = 4, 5, 6, 7, 8, 9  # token ids of a 10-token vocabulary (0-3: pad, unk, bos, eos)
+
+
+def bigram_model(next_token: dict[int, dict[int, float]]) -> Seq2SeqTransformer:
+    """A real Seq2SeqTransformer whose next-token distribution depends only on the last token:
+    `next_token[t]` gives the probabilities after t (the rest of the mass is spread evenly over the
+    other tokens). Decoder layers and positions are zeroed, so the residual stream is the token's
+    embedding; embeddings are orthogonal mean-zero ±1 rows (which the final LayerNorm leaves as
+    they are), and the output projection maps each row to the log-probabilities of its token."""
+    vocab, d = 10, 16
+    model = Seq2SeqTransformer(ModelConfig(d_model=d, n_heads=1, enc_layers=1, dec_layers=1, ffn_dim=4,
+                                           dropout=0.0, positions="learned", share_embeddings=False,
+                                           tie_output=False, src_vocab_size=vocab, tgt_vocab_size=vocab))
+    hadamard = torch.ones(1, 1)
+    while hadamard.shape[0] < d:
+        hadamard = torch.cat([torch.cat([hadamard, hadamard], 1), torch.cat([hadamard, -hadamard], 1)])
+    rows = hadamard[1:vocab + 1]  # orthogonal, each with mean 0 and variance 1
+    logits = torch.full((vocab, vocab), -30.0)
+    for prev, probs in next_token.items():
+        rest = (1.0 - sum(probs.values())) / (vocab - 4 - len(probs))
+        logits[prev] = torch.tensor([probs.get(t, rest) if t >= 3 else 1e-13 for t in range(vocab)]).log()
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.zero_()
+        model.tgt_pos.weight.zero_()
+        model.tgt_embed.weight.copy_(rows / model.embed_scale)
+        model.out_proj.weight.copy_(logits.T @ rows / d)  # logits[t] for the row of token t
+    return model.eval()
+
+
+def test_beam_search_keeps_a_longer_hypothesis_that_finished_ones_would_displace():
+    bos, eos = 2, 3
+    model = bigram_model({
+        bos: {A: 0.7, B: 0.25},
+        A: {eos: 0.6, X: 0.38},
+        X: {eos: 0.9},
+        B: {C: 0.97}, C: {D: 0.97}, D: {E: 0.97}, E: {eos: 0.97},
+    })
+    src = [[A, B, C]]
+
+    def penalised(hyp):
+        return sequence_logprob(model, src[0], hyp) / (len(hyp) + 1)
+
+    # Per token, B C D E beats A and A X: its first step is the unlikely one.
+    assert penalised([B, C, D, E]) > penalised([A]) > penalised([A, X])
+    assert translate_ids(model, src, beam=1) == [[A]]
+    # After one step the beam holds A (-0.36) and B (-1.39). At the next, A+eos (-0.87) and A X
+    # (-1.33) both score above B C (-1.42): a search that keeps finished hypotheses in the beam
+    # drops B C there and returns [A].
+    assert translate_ids(model, src, beam=2, length_penalty=1.0) == [[B, C, D, E]]
+    # Ranked by raw log-probability, the short one is the right answer.
+    assert translate_ids(model, src, beam=2, length_penalty=0.0) == [[A]]

@@ -156,3 +156,40 @@ def test_estimate_command(tmp_path, capsys):
         assert component in captured.out
     code, captured = run("model.norm=middle")
     assert code == 2 and "model.norm" in captured.err and "pre, post" in captured.err
+
+
+
+def run_estimate(argv, capsys):
+    from mt_tune.cli import main
+
+    try:
+        main(["estimate", *argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    return code, capsys.readouterr()
+
+
+def test_estimate_command_on_a_study_spec(capsys):
+    from mt_tune.search.extremes import extreme_configs
+    from mt_tune.search.spec import load_spec
+
+    code, captured = run_estimate(["studies/demo.yaml", "model.n_heads=8"], capsys)
+    out = captured.out
+    extremes = extreme_configs(load_spec("studies/demo.yaml", ["model.n_heads=8"]))
+    assert code == 0 and "study demo: the largest and the smallest configuration" in out
+    for label in ("largest", "smallest"):
+        result = extremes[label]
+        assert f"{label}: " + ", ".join(f"{k}={v}" for k, v in result["sampled"].items()) in out
+        assert f"parameters: {result['params']:,}" in out
+        assert f"peak training memory {format_bytes(result['memory']['total'])} for max_tokens 640" in out
+    assert "4+4 layers" in out and "2+2 layers" in out
+
+
+def test_estimate_command_on_a_bad_study_spec(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: s\ndata: {format: sample}\nsearch: {model.d_model: {type: categorical, choices: [90]}}\n",
+                    encoding="utf-8")
+    code, captured = run_estimate([str(spec)], capsys)
+    assert code == 2 and "spec.yaml" in captured.err and "does not divide" in captured.err
+    assert "Traceback" not in captured.err

@@ -166,28 +166,50 @@ def _run_summary(result):
 
 @app.command()
 def estimate(
-    config: Path = typer.Argument(..., help="training config YAML (data, model and train sections)"),
+    config: Path = typer.Argument(..., help="training config YAML (data, model and train sections), or a "
+                                  "study spec: its largest and smallest configurations"),
     overrides: Optional[list[str]] = OVERRIDES,
 ) -> None:
     """Parameter count and estimated peak training memory of a config (vocabulary sizes left at 0
-    are taken as data.vocab_size; amp auto is assumed to be bf16 unless train.device is cpu)."""
+    are taken as data.vocab_size; amp auto is assumed to be bf16 unless train.device is cpu).
+    For a study spec: of the largest and the smallest configuration its search space can sample."""
     from rich.table import Table
 
-    from mt_tune.config import load_run_config
+    from mt_tune.config import load_run_config, read_yaml
     from mt_tune.memory import estimate_run, format_bytes
 
-    cfg = load_run_config(config, list(overrides or []))
-    result = estimate_run(cfg)
-    model, memory = result["model"], result["memory"]
-    out.print(f"parameters: {result['params']:,} (d_model {model.d_model}, {model.enc_layers}+{model.dec_layers} "
-              f"layers, vocab {model.src_vocab_size}/{model.tgt_vocab_size})", highlight=False)
-    out.print(f"peak training memory for max_tokens {cfg.train.max_tokens}, amp {result['amp'] or 'off'}, device "
-              f"{cfg.train.device}, grad_checkpointing {str(model.grad_checkpointing).lower()}:", highlight=False)
+    raw = read_yaml(config)
+    if "search" in raw or "name" in raw:  # a study spec
+        from mt_tune.search.extremes import extreme_configs
+        from mt_tune.search.spec import load_spec
+
+        spec = load_spec(config, list(overrides or []))
+        results = extreme_configs(spec)
+        out.print(f"study {spec.name}: the largest and the smallest configuration its search space can sample",
+                  markup=False, highlight=False, soft_wrap=True)
+    else:
+        cfg = load_run_config(config, list(overrides or []))
+        results = {"": dict(estimate_run(cfg), run_config=cfg)}
+    for label, result in results.items():
+        model, train_cfg = result["model"], result["run_config"].train
+        if label:
+            sampled = ", ".join(f"{k}={v}" for k, v in result["sampled"].items()) or "nothing size-related searched"
+            out.print(f"{label}: {sampled}", markup=False, highlight=False, soft_wrap=True)
+        out.print(f"parameters: {result['params']:,} (d_model {model.d_model}, {model.enc_layers}+{model.dec_layers} "
+                  f"layers, vocab {model.src_vocab_size}/{model.tgt_vocab_size})", highlight=False, soft_wrap=True)
+        total = f" {format_bytes(result['memory']['total'])}" if label else ""  # the table comes after both
+        out.print(f"peak training memory{total} for max_tokens {train_cfg.max_tokens}, amp {result['amp'] or 'off'}, "
+                  f"device {train_cfg.device}, grad_checkpointing {str(model.grad_checkpointing).lower()}"
+                  + ("" if label else ":"), highlight=False, soft_wrap=True)
+    if len(results) > 1:
+        out.print("peak training memory by component:", highlight=False)
     table = Table()
     table.add_column("component")
-    table.add_column("bytes", justify="right")
-    for name, value in memory.items():
-        table.add_row(name, format_bytes(value), style="bold" if name == "total" else None)
+    for label in results:
+        table.add_column(label or "bytes", justify="right")
+    for name in next(iter(results.values()))["memory"]:
+        table.add_row(name, *(format_bytes(r["memory"][name]) for r in results.values()),
+                      style="bold" if name == "total" else None)
     out.print(table)
 
 

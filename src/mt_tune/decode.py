@@ -3,11 +3,17 @@
 Sentences are sorted by source length and cut into token-budget batches, so a batch holds
 sentences of similar length (little padding); the translations come back in input order.
 
-Beam search keeps `beam` hypotheses per sentence. A hypothesis that has produced eos stays in
-the beam with its score frozen, so it is only displaced by better-scoring live hypotheses; the
-search ends when every beam of every sentence is finished (or at the length limit). The final
-choice divides each hypothesis' log-probability by length**length_penalty (fairseq's
-convention: 0 = raw log-probability, 1 = per-token average; the length counts the eos).
+Beam search (fairseq's scheme) keeps `beam` live hypotheses per sentence at every step: of the
+2*beam best continuations, those ending in eos (among the best beam) are set apart as finished
+with their length-penalised score, and the best `beam` that did not end stay live. So a finished
+short hypothesis never takes a live one's place, and a longer candidate survives until the length
+penalty can count in its favour. The penalised score divides the log-probability by
+length**length_penalty (fairseq's convention: 0 = raw log-probability, 1 = per-token average;
+the length counts the eos). A sentence stops when no live hypothesis can still end above its best
+finished one (a live score only falls, so its best is its score now over the most favourable
+length), or at the length limit; the best finished hypothesis is its translation. Only the best
+finished one is kept: the search returns nothing else, and stopping once none can beat the best
+gives the same answer as collecting `beam` finished ones and stopping when none can beat the worst.
 
 The output length is capped at max_len_ratio * source_tokens + max_len_add target tokens (and by
 the model's max_positions); a hypothesis still running there is ended with eos.
@@ -142,45 +148,51 @@ def _beam_search(model, src: Tensor, max_len: Tensor, bos_id: int, eos_id: int, 
     # Only the first beam is live at the start, so the k beams do not all pick the same token.
     scores = torch.full((n, k), float("-inf"), device=dev)
     scores[:, 0] = 0.0
-    finished = torch.zeros(n, k, dtype=torch.bool, device=dev)
-    lengths = torch.zeros(n, k, dtype=torch.long, device=dev)
     history = torch.empty(n, k, 0, dtype=torch.long, device=dev)
     tokens = torch.full((n * k,), bos_id, dtype=torch.long, device=dev)
-    vocab = None
+    alive = torch.arange(n, device=dev)  # which sentences the rows of `scores` belong to
+    best_score = [float("-inf")] * n  # best finished hypothesis per sentence (penalised score)
+    best: list[list[int]] = [[] for _ in range(n)]
+    rank = torch.arange(2 * k, device=dev)
     for step in range(int(max_len.max()) + 1):
+        m = alive.shape[0]
         logp = _next_token_logprobs(model, tokens, cache, bos_id)
         vocab = logp.shape[1]
-        logp = logp.view(n, k, vocab)
+        logp = logp.view(m, k, vocab)
         eos_only = torch.full((vocab,), float("-inf"), device=dev)
         eos_only[eos_id] = 0.0
-        logp[max_len <= step] = eos_only  # at the length limit: end with eos
-        # A finished hypothesis continues with pad at no cost: its score stays frozen.
-        pad_only = torch.full((vocab,), float("-inf"), device=dev)
-        pad_only[PAD_ID] = 0.0
-        logp[finished] = pad_only
-        top_scores, top = (scores[:, :, None] + logp).view(n, k * vocab).topk(k, dim=1)
-        parent, tokens_nk = top // vocab, top % vocab
-        parent_finished = finished.gather(1, parent)
-        lengths = lengths.gather(1, parent) + (~parent_finished).long()
-        finished = parent_finished | (tokens_nk == eos_id)
+        at_limit = max_len[alive] <= step
+        logp[at_limit] = eos_only  # at the length limit: end with eos
+        # 2k candidates: each parent has one eos continuation at most, so k live ones remain.
+        cand_scores, cand = (scores[:, :, None] + logp).view(m, k * vocab).topk(2 * k, dim=1)
+        parent, cand_tokens = cand // vocab, cand % vocab
+        is_eos = cand_tokens == eos_id
+        # An eos among the top k ends a hypothesis: it leaves the beam for the finished ones,
+        # with its length-penalised score (the length counts the eos).
+        ended = (is_eos & (rank < k) & torch.isfinite(cand_scores)).nonzero().tolist()
+        if ended:
+            penalised = (cand_scores / float(step + 1) ** length_penalty).tolist()
+            for row, j in ended:
+                sentence = int(alive[row])
+                if penalised[row][j] > best_score[sentence]:
+                    best_score[sentence] = penalised[row][j]
+                    best[sentence] = history[row, parent[row, j]].tolist()
+        # The beam: the best k candidates that did not end.
+        live = (is_eos.long() * 2 * k + rank).argsort(dim=1)[:, :k]
+        scores, parent, tokens_mk = cand_scores.gather(1, live), parent.gather(1, live), cand_tokens.gather(1, live)
         history = torch.cat([history.gather(1, parent[:, :, None].expand(-1, -1, history.shape[2])),
-                             tokens_nk[:, :, None]], dim=2)
-        scores = top_scores
-        if bool(finished.all()):
+                             tokens_mk[:, :, None]], dim=2)
+        # A live hypothesis' score only falls, so the best it can end with is its score now over the
+        # most favourable length (the longest allowed when length_penalty > 0, else the next step).
+        longest = (max_len[alive] + 1).float() if length_penalty > 0 else torch.full((m,), step + 2.0, device=dev)
+        attainable = (scores.max(1).values / longest ** length_penalty).tolist()
+        done = [bool(at_limit[row]) or attainable[row] <= best_score[int(alive[row])] for row in range(m)]
+        if all(done):
             break
-        cache.reorder((parent + torch.arange(n, device=dev)[:, None] * k).view(-1))
-        tokens = tokens_nk.view(-1)
-    normalised = scores / lengths.clamp(min=1).float() ** length_penalty
-    best = normalised.argmax(1)
-    outputs = []
-    for seq in history[torch.arange(n, device=dev), best].tolist():
-        out = []
-        for token in seq:
-            if token == eos_id or token == PAD_ID:
-                break
-            out.append(token)
-        outputs.append(out)
-    return outputs
+        keep = torch.tensor([row for row in range(m) if not done[row]], dtype=torch.long, device=dev)
+        cache.reorder((parent + torch.arange(m, device=dev)[:, None] * k)[keep].view(-1))
+        alive, scores, history, tokens = alive[keep], scores[keep], history[keep], tokens_mk[keep].view(-1)
+    return best
 
 
 def sequence_logprob(model: Seq2SeqTransformer, src_ids: list[int], tgt_ids: list[int], *,

@@ -44,6 +44,13 @@ import copy
 from mt_tune.model import ModelConfig
 
 WORKSPACE_CUDA = 64 * 2**20
+# The config fields estimate_run reads: the ones that change a configuration's size.
+ESTIMATE_INPUTS = frozenset({
+    "model.d_model", "model.n_heads", "model.enc_layers", "model.dec_layers", "model.ffn_dim", "model.dropout",
+    "model.attn_dropout", "model.act_dropout", "model.norm", "model.positions", "model.max_positions",
+    "model.share_embeddings", "model.tie_output", "model.grad_checkpointing", "model.src_vocab_size",
+    "model.tgt_vocab_size", "train.max_tokens", "train.device", "train.amp", "train.ema_decay", "data.vocab_size",
+})
 _AMP_BYTES = {None: 4, "off": 4, "bf16": 2, "fp16": 2}
 
 

@@ -15,12 +15,6 @@ PLACEHOLDER = re.compile(r"placeholder(-[a-z]?\d+)?", re.IGNORECASE)
 SAMPLE_NAME = "hsk-sentences-audio"
 
 
-def sample_version() -> str:
-    from importlib.metadata import version
-
-    return version(SAMPLE_NAME)
-
-
 def iter_sample() -> Iterator[tuple[int, str | None, str | None, str | None]]:
     """(record number, zh, en, skip reason or None), record numbers counted from 1."""
     import hsk_sentences_audio
