@@ -125,7 +125,8 @@ def train(
             progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
         try:
-            trainer = Trainer(cfg, out_dir, prepare(cfg.data), resume=resume, log=log, on_step=on_step)
+            trainer = Trainer(cfg, out_dir, prepare(cfg.data), resume=resume, log=log, on_step=on_step,
+                              tensorboard=True)
             progress.update(task, completed=trainer.step)
             result = trainer.fit()
         except TrainingError as e:

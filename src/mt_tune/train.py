@@ -17,7 +17,7 @@ the run cleanly; any other exception propagates. The Trainer knows nothing of Op
 
 Elsewhere: where and in what precision it computes (device.py), the checkpoint's contents
 and resume (checkpoint.py), the averaged weights (weight_average.py), the batches
-(data/batching.py).
+(data/batching.py), TensorBoard event files (event_files.py).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from mt_tune.data.vocab import PAD_ID
 from mt_tune.device import (amp_name, batch_tensors, free_device_memory, peak_flops, peak_memory_bytes,
                             place_training, to_device)
 from mt_tune.errors import UserError
+from mt_tune.event_files import open_event_files
 from mt_tune.model import Seq2SeqTransformer, optimizer_groups
 from mt_tune.results import LOWER_IS_BETTER, EvalResult, NaNLossError, OutOfMemoryError, RunResult, StopTraining, TrainingError
 from mt_tune.schedule import lr_at, projected_end_step
@@ -69,15 +70,17 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     def __init__(self, cfg: RunConfig, out_dir: Path | str | None, data: Any,
                  hooks: Iterable[Callable] = (), resume: bool = False, log: Callable = print,
-                 on_step: Callable[[int, dict], None] | None = None):
+                 on_step: Callable[[int, dict], None] | None = None, tensorboard: bool = False):
         """`data`: the run's prepared data (mt_tune.data.prepare(cfg.data)). `on_step(step,
         info)`, if given, is called after every update (for a progress bar); info holds the
-        latest logged loss, lr, tok_s and val_loss."""
+        latest logged loss, lr, tok_s and val_loss. `tensorboard`: write event files into
+        out_dir (event_files.py)."""
         self.cfg = copy.deepcopy(cfg)
         tc = self.cfg.train
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.hooks = list(hooks)
         self.on_step = on_step
+        self.tensorboard = tensorboard
         placement = place_training(tc)
         self.device, self.dist, self.amp_dtype = placement.device, placement.dist, placement.amp_dtype
         self.autocast = placement.autocast
@@ -133,6 +136,7 @@ class Trainer:
         # after the first updates of this session under torch.compile, which compile.
         self._pace_since = (0, 0.0)
         self._compile_updates_left = COMPILE_WARMUP_UPDATES if tc.compile else 0
+        self._events = None  # TensorBoard event files, while fit() runs
 
     def valid_batches(self) -> Iterator[Batch]:
         """The validation batches, one deterministic pass, as tensors on the device."""
@@ -286,6 +290,8 @@ class Trainer:
 
     def fit(self) -> RunResult:
         """Train until max_steps, max_minutes or a hook's StopTraining."""
+        if self.tensorboard and self.out_dir is not None and self.dist.is_main:
+            self._events = open_event_files(self.out_dir, self.log)
         try:
             return self._fit()
         except torch.cuda.OutOfMemoryError as e:
@@ -295,6 +301,8 @@ class Trainer:
         finally:
             self.batches.close()  # the batch thread ends with the run, however it ends
             distributed.close(self.dist)
+            if self._events is not None:
+                self._events.close()
         # Raised outside the handler, so the new error has no __context__ that would keep
         # the failed step's tensors alive; freed before it goes up to the caller.
         from mt_tune.memory import estimate_memory
@@ -337,6 +345,8 @@ class Trainer:
                 if at_log:
                     self.log(f"step {self.step:>6} | loss {info['loss']:.3f} | lr {info['lr']:.2e} | "
                              f"{info['tok_s']:,.0f} tok/s | {(self.step - first_step) / max(train_s, 1e-9):.2f} upd/s")
+                    if self._events is not None:
+                        self._events.train(self.step, info["loss"], info["lr"])
             if self.on_step is not None and self.dist.is_main:
                 self.on_step(self.step, info)
             if at_eval or time_up:
@@ -355,6 +365,8 @@ class Trainer:
                     info["val_loss"] = val_loss
                     self.log(f"eval {self.step:>6} | val loss {val_loss:.3f} | per char {per_char:.4f}"
                              + (f" | BLEU {bleu:.2f} | chrF {chrf:.2f}" if bleu is not None else ""))
+                    if self._events is not None:
+                        self._events.evaluation(result)
                     try:
                         for hook in self.hooks:
                             hook(self, result)
