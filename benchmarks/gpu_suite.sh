@@ -52,7 +52,7 @@ step() {
 
 work=$(mktemp -d /tmp/mt-tune-gpu-suite.XXXX)
 step cuda-tests 150 env MT_TUNE_TEST_REQUIRE_CUDA=1 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
-    tests/test_data_batching.py::test_batches_for_cuda_are_pinned_and_copy_asynchronously
+    tests/test_device.py::test_batches_for_cuda_are_pinned_and_copy_asynchronously
 step throughput 90 "$PY" benchmarks/gpu_throughput.py --steps 60 --warmup 10
 step memory 60 "$PY" benchmarks/memory_check.py
 cat >"$work/gpu4.yaml" <<'EOF'

@@ -286,7 +286,7 @@ def held_out(results: dict, args: argparse.Namespace) -> None:
             _, cfg, _, _ = load_checkpoint(path)
             train = dataclasses.replace(cfg.train, max_steps=step, max_minutes=0.0, threads=1)
             out = args.workdir / f"pick-{key}"
-            Trainer(dataclasses.replace(cfg, train=train), out, log=lambda *_: None).fit()
+            Trainer(dataclasses.replace(cfg, train=train), out, prepare(cfg.data), log=lambda *_: None).fit()
             path = out / "best.pt"
         model, cfg, src_tok, tgt_tok = load_checkpoint(path)
         data = prepare(cfg.data)

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from mt_tune.checkpoint import (CHECKPOINT_VERSION, bytes_to_tensor, read_checkpoint, rng_state, save_atomic,
-                                set_rng_state, tensor_to_bytes)
+from mt_tune.checkpoint import (CHECKPOINT_VERSION, bytes_to_tensor, read_checkpoint, restore_training, rng_state,
+                                save_atomic, save_run_checkpoints, set_rng_state, tensor_to_bytes, training_checkpoint)
+from mt_tune.config import to_dict
 from mt_tune.errors import UserError
+from mt_tune.model import ModelConfig, Seq2SeqTransformer
 
 
 def draws() -> tuple:
@@ -119,3 +121,70 @@ def test_a_file_with_arbitrary_objects_is_refused(tmp_path):
     torch.save(minimal_checkpoint(payload=Pickled()), path)
     with pytest.raises(UserError, match="evil.pt: not a readable mt-tune checkpoint"):
         read_checkpoint(path)
+
+
+class Position:
+    """What restore_training needs of the training batches: their position as a state dict."""
+
+    def __init__(self, state=None):
+        self.state = state
+
+    def state_dict(self):
+        return self.state
+
+    def load_state_dict(self, state):
+        if state["pairs"] != 100:
+            raise ValueError("another corpus")
+        self.state = state
+
+
+def tiny_run(seed: int):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(d_model=16, n_heads=2, enc_layers=1, dec_layers=1, ffn_dim=32, src_vocab_size=30,
+                      tgt_vocab_size=30)
+    model = Seq2SeqTransformer(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.tensor([[5, 6, 3]]), torch.tensor([[2, 7]])).sum().backward()
+    optimizer.step()
+    return cfg, model, optimizer, torch.amp.GradScaler("cuda", enabled=False)
+
+
+def test_a_run_saved_and_restored_continues_where_it_was(tmp_path):
+    cfg, model, optimizer, scaler = tiny_run(seed=0)
+    ckpt = training_checkpoint(config={"model": to_dict(cfg)}, weights=model.state_dict(), train_weights=None,
+                               optimizer=optimizer, scaler=scaler, step=7, data_state={"position": 3, "pairs": 100},
+                               best={"bleu": (12.5, 5)}, history=[{"step": 5}], elapsed_s=9.0,
+                               src_spm=b"src", tgt_spm=b"tgt")
+    save_run_checkpoints(ckpt, tmp_path, improved=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    save_run_checkpoints(ckpt, tmp_path, improved=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+    expected = torch.rand(3)
+    _, fresh, fresh_optimizer, fresh_scaler = tiny_run(seed=1)
+    batches = Position()
+    restored = restore_training(tmp_path, model_config=to_dict(cfg), model=fresh, optimizer=fresh_optimizer,
+                                scaler=fresh_scaler, batches=batches)
+    assert (restored.step, restored.best, restored.history, restored.elapsed_s) == (7, {"bleu": (12.5, 5)},
+                                                                                   [{"step": 5}], 9.0)
+    assert batches.state == {"position": 3, "pairs": 100}
+    for (name, a), b in zip(fresh.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert fresh_optimizer.state_dict()["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"]
+    assert torch.equal(torch.rand(3), expected)  # the RNGs are back where they were at the save
+
+
+def test_restoring_another_model_or_corpus_is_a_user_error(tmp_path):
+    cfg, model, optimizer, scaler = tiny_run(seed=0)
+    with pytest.raises(UserError, match="no checkpoint to resume from"):
+        restore_training(tmp_path, model_config=to_dict(cfg), model=model, optimizer=optimizer, scaler=scaler,
+                         batches=Position())
+    ckpt = training_checkpoint(config={"model": to_dict(cfg)}, weights=model.state_dict(), train_weights=None,
+                               optimizer=optimizer, scaler=scaler, step=1, data_state={"position": 0, "pairs": 99},
+                               best={}, history=[], elapsed_s=0.0, src_spm=b"s", tgt_spm=b"t")
+    save_run_checkpoints(ckpt, tmp_path, improved=False)
+    with pytest.raises(UserError, match="model config differs"):
+        restore_training(tmp_path, model_config={**to_dict(cfg), "d_model": 32}, model=model, optimizer=optimizer,
+                         scaler=scaler, batches=Position())
+    with pytest.raises(UserError, match="last.pt: another corpus"):
+        restore_training(tmp_path, model_config=to_dict(cfg), model=model, optimizer=optimizer, scaler=scaler,
+                         batches=Position())

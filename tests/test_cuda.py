@@ -71,7 +71,7 @@ def test_mixed_precision_trains_on_the_gpu(raw, data, amp, dtype):
 
 def test_amp_auto_picks_native_bf16_or_fp16():
     trainer_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-    from mt_tune.train import pick_amp_dtype
+    from mt_tune.device import pick_amp_dtype
 
     assert pick_amp_dtype("auto", torch.device("cuda")) == trainer_dtype
 

@@ -1,14 +1,15 @@
-"""Token-budget batches: budget, padding, determinism, resume, batch layout."""
+"""Token-budget batches: budget, padding, determinism, resume, batch layout; no torch."""
 
 from __future__ import annotations
 
 import gc
 import itertools
+import subprocess
+import sys
 import threading
 
 import numpy as np
 import pytest
-import torch
 
 from mt_tune.config import DataConfig
 from mt_tune.data import Batch, BatchIterator, prepare
@@ -39,7 +40,7 @@ def test_padding_below_15_percent_on_the_sample(sample):
     it = BatchIterator(sample.train, 4096, seed=1)
     assert it.padding_ratio < 0.15
     epoch = list(itertools.islice(iter(it), len(it)))
-    slots = sum(b.src.numel() + b.tgt_out.numel() for b in epoch)
+    slots = sum(b.src.size + b.tgt_out.size for b in epoch)
     real = sum(b.n_src_tokens + b.n_tgt_tokens for b in epoch)
     assert 1 - real / slots == pytest.approx(it.padding_ratio)
 
@@ -47,7 +48,7 @@ def test_padding_below_15_percent_on_the_sample(sample):
 def test_batch_layout(sample):
     it = BatchIterator(sample.train, 256, seed=0, shuffle=False)
     b = next(iter(it))
-    assert isinstance(b, Batch) and b.src.dtype == torch.long
+    assert isinstance(b, Batch) and isinstance(b.src, np.ndarray) and b.src.dtype == np.int64
     i = int(it.batches_of_epoch(0)[0][0])
     src, tgt = sample.train.pair(i)
     n, m = len(src), len(tgt)
@@ -55,7 +56,6 @@ def test_batch_layout(sample):
     assert b.tgt_in[0, 0] == 2 and b.tgt_in[0, 1:m + 1].tolist() == tgt.tolist()
     assert b.tgt_out[0, :m].tolist() == tgt.tolist() and b.tgt_out[0, m] == 3
     assert b.n_src_tokens == int((b.src != 0).sum()) and b.n_tgt_tokens == int((b.tgt_out != 0).sum())
-    assert b.to("cpu").src.data_ptr() == b.src.data_ptr()
 
 
 def test_validation_pass_is_deterministic_and_finite(sample):
@@ -102,12 +102,12 @@ def reference_batch(shard, indices, pad_multiple=1):
     pairs = [shard.pair(int(i)) for i in indices]
     up = lambda n: -(-n // pad_multiple) * pad_multiple  # noqa: E731
     s_len, t_len = up(max(len(s) for s, _ in pairs) + 1), up(max(len(t) for _, t in pairs) + 1)
-    src = torch.zeros(len(pairs), s_len, dtype=torch.long)
-    tgt_in, tgt_out = torch.zeros(len(pairs), t_len, dtype=torch.long), torch.zeros(len(pairs), t_len, dtype=torch.long)
+    src = np.zeros((len(pairs), s_len), dtype=np.int64)
+    tgt_in, tgt_out = np.zeros((len(pairs), t_len), dtype=np.int64), np.zeros((len(pairs), t_len), dtype=np.int64)
     for row, (s, t) in enumerate(pairs):
-        src[row, :len(s) + 1] = torch.tensor([*s.tolist(), 3])
-        tgt_in[row, :len(t) + 1] = torch.tensor([2, *t.tolist()])
-        tgt_out[row, :len(t) + 1] = torch.tensor([*t.tolist(), 3])
+        src[row, :len(s) + 1] = [*s.tolist(), 3]
+        tgt_in[row, :len(t) + 1] = [2, *t.tolist()]
+        tgt_out[row, :len(t) + 1] = [*t.tolist(), 3]
     return src, tgt_in, tgt_out
 
 
@@ -117,7 +117,8 @@ def test_batches_equal_those_built_pair_by_pair(sample, pad_multiple):
     for indices in it.batches_of_epoch(0):
         b = it.make_batch(indices)
         src, tgt_in, tgt_out = reference_batch(sample.train, indices, pad_multiple)
-        assert torch.equal(b.src, src) and torch.equal(b.tgt_in, tgt_in) and torch.equal(b.tgt_out, tgt_out)
+        assert b.src.dtype == src.dtype and np.array_equal(b.src, src)
+        assert np.array_equal(b.tgt_in, tgt_in) and np.array_equal(b.tgt_out, tgt_out)
         counted = (int((src != 0).sum()), int((tgt_out != 0).sum()))
         assert (b.n_src_tokens, b.n_tgt_tokens) == it.tokens(indices) == counted
 
@@ -226,23 +227,36 @@ def test_an_error_in_the_thread_is_raised_to_the_consumer(sample):
         TrainBatches(BatchIterator(sample.train, 1024, shuffle=False))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_batches_for_cuda_are_pinned_and_copy_asynchronously(sample):
-    stream = TrainBatches(BatchIterator(sample.train, 1024, seed=1), device="cuda")
+def test_convert_runs_on_each_batch_in_the_thread(sample):
+    seen = []
+
+    def convert(batch):
+        seen.append(threading.current_thread().name)
+        return ("converted", batch.update_tokens)
+
+    stream = TrainBatches(BatchIterator(sample.train, 1024, seed=1), convert=convert)
     try:
-        b = next(stream)
-        assert b.src.is_pinned() and b.tgt_in.is_pinned() and b.tgt_out.is_pinned()
-        on_gpu = b.to("cuda", non_blocking=True)
-        torch.cuda.synchronize()
-        assert on_gpu.src.is_cuda and torch.equal(on_gpu.tgt_out.cpu(), b.tgt_out)
-        assert on_gpu.update_tokens == b.update_tokens == (b.n_src_tokens, b.n_tgt_tokens)
+        first = next(stream)
     finally:
         stream.close()
-    cpu = next(iter(TrainBatches(BatchIterator(sample.train, 1024, seed=1), device="cpu")))
-    assert not cpu.src.is_pinned()
+    assert first[0] == "converted" and first[1] is not None
+    assert seen and set(seen) == {"mt-tune-batches"}
 
 
 def test_an_endless_stream_without_a_fitting_pair_is_an_error(sample):
     stream = TrainBatches(BatchIterator(sample.train, 2, seed=1))  # no pair is 1 token long
     with pytest.raises(ValueError, match="fits in max_tokens=2"):
         next(stream)
+
+
+def test_the_data_pipeline_does_not_import_torch():
+    """Data preparation and batching run without torch (the trainer makes the tensors), so
+    the commands that only read data or configs stay light."""
+    def torch_after(statement: str) -> bool:
+        code = f"import sys; {statement}; print('torch' in sys.modules)"
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True).stdout.strip() == "True"
+
+    if torch_after("import mt_tune.config"):
+        pytest.xfail("mt_tune.config imports torch (ModelConfig is defined in model.py)")
+    assert not torch_after("import mt_tune.data, mt_tune.data.batching, mt_tune.data.prepare, mt_tune.data.shards")

@@ -184,7 +184,7 @@ def test_translate_command(checkpoint, sentences, tmp_path, capsys, monkeypatch)
 
 
 def _loaded(path):
-    from mt_tune.train import load_checkpoint
+    from mt_tune.checkpoint import load_checkpoint
 
     model, _, src_tok, tgt_tok = load_checkpoint(path)
     return model, src_tok, tgt_tok

@@ -26,11 +26,13 @@ TINY = {
 WORKER = textwrap.dedent("""
     import os, sys, torch, yaml
     from mt_tune.config import build_run_config
+    from mt_tune.data import prepare
     from mt_tune.train import Trainer
 
     raw = yaml.safe_load(open(sys.argv[1]))
     rank = int(os.environ["RANK"])
-    trainer = Trainer(build_run_config(raw), os.path.join(sys.argv[2], f"rank{rank}"), log=lambda *a: None)
+    cfg = build_run_config(raw)
+    trainer = Trainer(cfg, os.path.join(sys.argv[2], f"rank{rank}"), prepare(cfg.data), log=lambda *a: None)
     result = trainer.fit()
     torch.save({"params": trainer.model.state_dict(), "steps": result.steps},
                os.path.join(sys.argv[2], f"params{rank}.pt"))
@@ -90,6 +92,7 @@ def test_cli_devices_cpu_2_relaunches_under_torchrun(config_file, tmp_path):
 COUNTING_WORKER = textwrap.dedent("""
     import os, sys, torch, yaml
     from mt_tune.config import build_run_config
+    from mt_tune.data import prepare
     from mt_tune.data.batching import BatchIterator
     from mt_tune.train import Trainer
 
@@ -104,7 +107,8 @@ COUNTING_WORKER = textwrap.dedent("""
     raw = yaml.safe_load(open(sys.argv[1]))
     raw["train"].update(accum_steps=2, max_steps=4, eval_every=4)
     rank = int(os.environ["RANK"])
-    result = Trainer(build_run_config(raw), None, log=lambda *a: None).fit()
+    cfg = build_run_config(raw)
+    result = Trainer(cfg, None, prepare(cfg.data), log=lambda *a: None).fit()
     torch.save({"built": built, "steps": result.steps}, os.path.join(sys.argv[2], f"built{rank}.pt"))
 """)
 

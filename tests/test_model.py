@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mt_tune.errors import ConfigError
-from mt_tune.model import ModelConfig, Seq2SeqTransformer
+from mt_tune.model import ModelConfig, Seq2SeqTransformer, optimizer_groups
 
 VOCAB = 50
 
@@ -111,6 +111,31 @@ def test_shared_and_tied_weights_are_one_tensor():
     untied = Seq2SeqTransformer(tiny(share_embeddings=False, tie_output=False))
     assert untied.src_embed is not untied.tgt_embed and untied.out_proj is not None
     assert untied.num_params() - model.num_params() == 2 * VOCAB * 32
+
+
+def test_weight_decay_applies_to_linear_weights_only():
+    """Embeddings (the learned position tables too), norms and biases are not decayed."""
+    model = Seq2SeqTransformer(tiny(enc_layers=1, dec_layers=1, positions="learned", share_embeddings=False,
+                                    tie_output=False))
+    decay, no_decay = optimizer_groups(model, weight_decay=0.1)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = sorted(names[id(p)] for p in decay["params"])
+    assert decayed == sorted([
+        "encoder.0.self_attn.qkv_proj.weight", "encoder.0.self_attn.out_proj.weight",
+        "encoder.0.ffn.fc1.weight", "encoder.0.ffn.fc2.weight",
+        "decoder.0.self_attn.qkv_proj.weight", "decoder.0.self_attn.out_proj.weight",
+        "decoder.0.cross_attn.q_proj.weight", "decoder.0.cross_attn.kv_proj.weight",
+        "decoder.0.cross_attn.out_proj.weight", "decoder.0.ffn.fc1.weight", "decoder.0.ffn.fc2.weight",
+        "out_proj.weight"])
+    not_decayed = {names[id(p)] for p in no_decay["params"]}
+    assert {"src_embed.weight", "tgt_embed.weight", "src_pos.weight", "tgt_pos.weight",
+            "enc_norm.weight", "enc_norm.bias", "encoder.0.ffn.fc1.bias"} <= not_decayed
+    assert not_decayed == set(names.values()) - set(decayed)  # every parameter in one group, once
+    tied = Seq2SeqTransformer(tiny())  # the shared table that is also the output projection: not decayed
+    tied_decay, tied_no_decay = optimizer_groups(tied, 0.1)
+    assert any(p is tied.src_embed.weight for p in tied_no_decay["params"])
+    assert len(tied_decay["params"]) + len(tied_no_decay["params"]) == len(list(tied.parameters()))
 
 
 def test_dropout_is_only_active_in_training():

@@ -15,7 +15,7 @@ from mt_tune.config import RunConfig, build_run_config, to_dict
 from mt_tune.data import Batch, prepare
 from mt_tune.errors import ConfigError, UserError
 from mt_tune.memory import estimate_memory
-from mt_tune.train import NaNLossError, OutOfMemoryError, StopTraining, Trainer, lr_at, projected_end_step
+from mt_tune.train import NaNLossError, OutOfMemoryError, StopTraining, Trainer
 
 TINY = {
     "data": {"format": "sample", "vocab_size": 2000, "valid_size": 100},
@@ -52,40 +52,7 @@ def quiet(*args, **kwargs) -> None:
     pass
 
 
-# --- the schedule --------------------------------------------------------------------------
-
-
-def test_schedule_warms_up_linearly_then_decays():
-    tc = build_run_config({"data": {"format": "sample"}, "train": {"lr": 1e-3, "warmup_steps": 100,
-                                                                     "max_steps": 1000, "min_lr": 1e-5}}).train
-    assert lr_at(1, tc) == pytest.approx(1e-5)
-    assert lr_at(50, tc) == pytest.approx(5e-4)
-    assert lr_at(100, tc) == pytest.approx(1e-3)
-    assert lr_at(400, tc) == pytest.approx(1e-3 * math.sqrt(100 / 400))
-    decay = [lr_at(s, tc) for s in range(100, 1001, 50)]
-    assert all(a > b for a, b in zip(decay, decay[1:]))
-    tc.schedule = "cosine"
-    assert lr_at(100, tc) == pytest.approx(1e-3)
-    assert lr_at(550, tc) == pytest.approx((1e-3 + 1e-5) / 2)
-    assert lr_at(1000, tc) == pytest.approx(1e-5)
-    assert lr_at(5000, tc) == pytest.approx(1e-5)  # floor past max_steps
-
-
-def test_linear_and_cosine_decay_end_at_the_projected_end_of_a_time_budget():
-    tc = build_run_config({"data": {"format": "sample"}, "train": {
-        "lr": 1e-3, "warmup_steps": 100, "max_steps": 10_000, "schedule": "linear", "max_minutes": 10}}).train
-    assert lr_at(100, tc) == pytest.approx(1e-3)
-    assert lr_at(5050, tc) == pytest.approx(5e-4)  # halfway to max_steps without a projection
-    # 300 updates in the first 2 of 10 minutes: the budget runs out near update 1,500
-    end = projected_end_step(300, 120.0, tc)
-    assert end == pytest.approx(1500)
-    assert lr_at(800, tc, end) == pytest.approx(5e-4)
-    assert lr_at(1500, tc, end) == 0.0 and lr_at(1600, tc, end) == 0.0
-    assert lr_at(800, tc, 20_000) == lr_at(800, tc)  # max_steps still ends the decay when it comes first
-    tc.schedule = "cosine"
-    assert lr_at(800, tc, end) == pytest.approx(5e-4)
-    tc.max_minutes = 0
-    assert projected_end_step(300, 120.0, tc) is None
+# --- time budgets -------------------------------------------------------------------------
 
 
 def test_a_time_limited_run_ends_with_the_learning_rate_decayed(raw_config, data):
@@ -252,25 +219,25 @@ def test_weight_average_is_evaluated_saved_and_resumed(raw_config, data, tmp_pat
     result = full.fit()
     ckpt = read_checkpoint(tmp_path / "full" / "last.pt")
     for name, p in full.model.named_parameters():
-        torch.testing.assert_close(ckpt["model"][name], full.ema[name], rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(ckpt["model"][name], full.average.params[name], rtol=0, atol=0, msg=name)
         torch.testing.assert_close(ckpt["train_weights"][name], p.detach(), rtol=0, atol=0, msg=name)
-    assert any(not torch.equal(ckpt["model"][n], ckpt["train_weights"][n]) for n in full.ema)
+    assert any(not torch.equal(ckpt["model"][n], ckpt["train_weights"][n]) for n in full.average.params)
     model = load_checkpoint(tmp_path / "full" / "last.pt")[0]  # what translate uses: the average
     torch.testing.assert_close(dict(model.named_parameters())["encoder.0.ffn.fc1.weight"].detach(),
-                               full.ema["encoder.0.ffn.fc1.weight"])
+                               full.average.params["encoder.0.ffn.fc1.weight"])
     averaged = full.evaluate()
     assert averaged[0] == pytest.approx(result.history[-1].val_loss, abs=1e-6)
-    full.ema = None
+    full.average = None
     assert full.evaluate()[0] != pytest.approx(averaged[0], abs=1e-6)  # the trained weights differ
 
     Trainer(make_config(raw_config, ema_decay=0.9, max_steps=10), tmp_path / "half", data=data, log=quiet).fit()
     resumed = Trainer(make_config(raw_config, ema_decay=0.9), tmp_path / "half", data=data, log=quiet, resume=True)
     resumed.fit()
     ckpt = read_checkpoint(tmp_path / "half" / "last.pt")
-    for name in resumed.ema:
-        torch.testing.assert_close(resumed.ema[name], ckpt["model"][name], rtol=0, atol=0)
+    for name in resumed.average.params:
+        torch.testing.assert_close(resumed.average.params[name], ckpt["model"][name], rtol=0, atol=0)
     full_ckpt = read_checkpoint(tmp_path / "full" / "last.pt")
-    for name in resumed.ema:
+    for name in resumed.average.params:
         torch.testing.assert_close(ckpt["model"][name], full_ckpt["model"][name], rtol=0, atol=1e-6, msg=name)
 
 
@@ -432,14 +399,6 @@ def test_fit_ends_the_batch_thread_also_when_it_fails(raw_config, data, tmp_path
         Trainer(make_config(raw_config, max_steps=10, eval_every=5), None, data=data, log=quiet,
                 hooks=[broken]).fit()
     assert batch_threads() <= before
-
-
-def test_the_pace_of_a_time_budget_can_leave_out_the_first_updates():
-    tc = build_run_config({"data": {"format": "sample"}, "train": {"max_minutes": 10}}).train
-    assert projected_end_step(100, 60.0, tc) == pytest.approx(1000)
-    # 2 updates took 300 s (compiling), then 100 updates 60 s: 90 % of 540 s remain at 0.6 s each
-    assert projected_end_step(102, 360.0, tc, since=(2, 300.0)) == pytest.approx(2 + 100 * 300 / 60)
-    assert projected_end_step(2, 300.0, tc, since=(2, 300.0)) is None
 
 
 def test_compile_pads_lengths_to_multiples_of_8_and_times_the_budget_after_compiling(raw_config, data):

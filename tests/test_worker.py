@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from mt_tune.cli import app
+from mt_tune.data import prepare
 from mt_tune.errors import UserError
 from mt_tune.search.spec import build_spec
 from mt_tune.search.study import create_study
@@ -128,7 +129,7 @@ def test_retried_trial_resumes_from_the_dead_trials_checkpoint(env):
     dead = study.ask()
     spec_cfg = build_spec({**copy.deepcopy(SPEC), "search": {}, "data": study.user_attrs["spec"]["data"],
                            "budget": {"trials": 2, "max_steps": 20}}).run_config()
-    Trainer(spec_cfg, artifacts / "w" / "0", log=lambda *a: None).fit()
+    Trainer(spec_cfg, artifacts / "w" / "0", prepare(spec_cfg.data), log=lambda *a: None).fit()
     study.tell(dead, state=TrialState.FAIL)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -20,16 +20,19 @@ int, float, bool and None, so `torch.load(weights_only=True)` reads it. It is se
     elapsed_s    wall time of training so far (max_minutes counts over resumes)
 
 The learning-rate schedule is a function of `step` and, under a time limit, of `elapsed_s`.
+`training_checkpoint` builds this dict from a run, `restore_training` puts a run back in it.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import tempfile
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +178,78 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
                         f"{str(e).splitlines()[0]}") from None
     model.to(device).eval()
     return model, run_cfg, src_tok, tgt_tok
+
+
+# --- a training run's state -------------------------------------------------------------------
+
+
+def training_checkpoint(*, config: dict, weights: dict[str, torch.Tensor],
+                        train_weights: dict[str, torch.Tensor] | None, optimizer: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler, step: int, data_state: dict,
+                        best: dict[str, tuple[float, int]], history: list[dict], elapsed_s: float,
+                        src_spm: bytes, tgt_spm: bytes) -> dict:
+    """The checkpoint dict of a run (the format above). `weights`: the state dict to translate
+    with; `train_weights`: the one training goes on from, where that differs (train.ema_decay)."""
+    extra = {"train_weights": train_weights} if train_weights is not None else {}
+    return {
+        **extra,
+        "version": CHECKPOINT_VERSION,
+        "config": config,
+        "model": weights,
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "step": step,
+        "rng": rng_state(),
+        "data_state": data_state,
+        "best": {k: [v, s] for k, (v, s) in best.items()},
+        "elapsed_s": elapsed_s,
+        "history": history,
+        "src_spm": bytes_to_tensor(src_spm),
+        "tgt_spm": bytes_to_tensor(tgt_spm),
+    }
+
+
+def save_run_checkpoints(ckpt: dict, out_dir: Path, improved: bool) -> None:
+    """OUT/last.pt, and OUT/best.pt too when the kept metric `improved`."""
+    last = out_dir / "last.pt"
+    save_atomic(ckpt, last)
+    if improved:  # same content: copy the file rather than serialise again
+        tmp = out_dir / ".best.pt.tmp"
+        shutil.copyfile(last, tmp)
+        tmp.replace(out_dir / "best.pt")
+
+
+@dataclass
+class RestoredRun:
+    """What restore_training hands back to the loop (the rest it loads in place)."""
+
+    step: int
+    best: dict[str, tuple[float, int]]
+    history: list[dict]  # one dict per evaluation (EvalResult fields)
+    elapsed_s: float
+    weights: dict[str, torch.Tensor]  # the checkpoint's "model": with train.ema_decay, the average
+
+
+def restore_training(out_dir: Path, *, model_config: dict, model: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, batches: Any) -> RestoredRun:
+    """Load OUT/last.pt into a freshly built run: weights, optimizer, scaler, the training
+    batches' position (`batches.load_state_dict`) and every RNG; a missing checkpoint or one
+    of another model config is a UserError."""
+    path = out_dir / "last.pt"
+    if not path.is_file():
+        raise UserError(f"{path}: no checkpoint to resume from")
+    ckpt = read_checkpoint(path)  # on the CPU: the RNG states must stay there
+    if ckpt["config"]["model"] != model_config:
+        raise UserError(f"{path}: the checkpoint's model config differs from this run's; "
+                        f"resume with the same model settings")
+    model.load_state_dict(ckpt.get("train_weights", ckpt["model"]))
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    try:
+        batches.load_state_dict(ckpt["data_state"])
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from None
+    set_rng_state(ckpt["rng"])
+    return RestoredRun(step=int(ckpt["step"]), best={k: (v, s) for k, (v, s) in ckpt["best"].items()},
+                       history=list(ckpt["history"]), elapsed_s=float(ckpt.get("elapsed_s", 0.0)),
+                       weights=ckpt["model"])

@@ -91,6 +91,7 @@ def train(
 
     from mt_tune import distributed
     from mt_tune.config import load_run_config
+    from mt_tune.data import prepare
     from mt_tune.train import Trainer, TrainingError
 
     overrides = list(overrides or [])
@@ -124,7 +125,8 @@ def train(
             progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
         try:
-            trainer = Trainer(cfg, out_dir, resume=resume, log=log, on_step=on_step)
+            trainer = Trainer(cfg, out_dir, prepare(cfg.data), resume=resume, log=log, on_step=on_step,
+                              tensorboard=True)
             progress.update(task, completed=trainer.step)
             result = trainer.fit()
         except TrainingError as e:
@@ -234,8 +236,8 @@ def translate(
     device: str = DEVICE,
 ) -> None:
     """Translate sentences, one a line, to standard output in the same order."""
+    from mt_tune.checkpoint import load_checkpoint
     from mt_tune.decode import read_lines, translate as translate_texts
-    from mt_tune.train import load_checkpoint
 
     lines = read_lines(input_file, "input file") if input_file else sys.stdin.read().splitlines()
     model, _, src_tok, tgt_tok = load_checkpoint(checkpoint, _pick_device(device))
@@ -252,8 +254,8 @@ def evaluate(
     device: str = DEVICE,
 ) -> None:
     """Translate --src and score it against --ref: BLEU and chrF with their sacrebleu signatures."""
+    from mt_tune.checkpoint import load_checkpoint
     from mt_tune.decode import evaluate as evaluate_model, read_lines
-    from mt_tune.train import load_checkpoint
 
     sources, refs = read_lines(src, "source file"), read_lines(ref, "reference file")
     model, run_cfg, src_tok, tgt_tok = load_checkpoint(checkpoint, _pick_device(device))

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mt_tune.data.vocab import PAD_ID
 from mt_tune.errors import UserError
-from mt_tune.model import PAD_ID, Seq2SeqTransformer
+from mt_tune.model import Seq2SeqTransformer
 
 
 def translate(model: Seq2SeqTransformer, src_tok, tgt_tok, texts: list[str], *, beam: int = 1,

@@ -285,6 +285,7 @@ def _run(minutes: float, workdir: str | Path, spec_path: str | Path | None, over
         shutil.copyfile(trial_dir / "last.pt", final_dir / "last.pt")
     remaining = max(12.0, 60 * minutes - elapsed() - p.reserve_s)
     cfg = load_run_config(exported, FINAL_OVERRIDES)
+    from mt_tune.data import prepare
     from mt_tune.train import Trainer
 
     def train_log(message: str) -> None:
@@ -292,7 +293,7 @@ def _run(minutes: float, workdir: str | Path, spec_path: str | Path | None, over
             message = f"run config: {exported} with {' '.join(FINAL_OVERRIDES)}"
         sub(message)
 
-    trainer = Trainer(cfg, final_dir, resume=resume, log=train_log, hooks=[])
+    trainer = Trainer(cfg, final_dir, prepare(cfg.data), resume=resume, log=train_log, hooks=[])
     # A resumed run's time limit counts its earlier sessions: the trial's seconds plus the rest.
     trainer.cfg.train.max_minutes = (trainer.elapsed_before + remaining) / 60
     trainer.hooks.append(OverfitStop(spec, trainer.history))

@@ -108,3 +108,22 @@ def from_env(device_type: str) -> DistContext:
 def close(ctx: DistContext) -> None:
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def from_rank_0(ctx: DistContext, values: list[float], device: torch.device) -> list[float]:
+    """Process 0's `values`, in every process (the values themselves without a process group):
+    where one clock or one decision must hold for all processes."""
+    if not ctx.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return t.tolist()
+
+
+def mean_over_processes(ctx: DistContext, t: torch.Tensor) -> torch.Tensor:
+    """The mean of `t` over all processes (a copy of `t` without a process group)."""
+    total = t.clone()
+    if ctx.enabled:
+        dist.all_reduce(total)
+        total /= ctx.world_size
+    return total

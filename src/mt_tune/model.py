@@ -1,7 +1,7 @@
 """The encoder-decoder Transformer and its ModelConfig (one file, nanoGPT-style).
 
 Shapes: B batch, S source length, T target length, D d_model, H heads, V vocabulary.
-Token id 0 is padding on both sides (mt-tune's sentencepiece models all use pad=0).
+Padding is the tokenizers' PAD_ID (data/vocab.py: every mt-tune sentencepiece model has pad=0).
 
 Choices worth knowing:
 - Attention is `F.scaled_dot_product_attention`. The source padding mask is built once per
@@ -29,8 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
-
-PAD_ID = 0
 
 
 def _opt(default, help, choices=None):
@@ -211,6 +209,18 @@ def _residual(x: Tensor, norm: nn.LayerNorm, pre_norm: bool, p: float, training:
 # --- the model ----------------------------------------------------------------------------
 
 
+def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on the weight matrices of linear layers only, not
+    on embeddings (token tables, learned position tables, a tied output projection), norms or
+    biases. Decided by the kind of module a parameter belongs to, not by its name."""
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    decay, no_decay = [], []
+    for p in model.parameters():  # each shared tensor once
+        if p.requires_grad:
+            (decay if id(p) in decayed else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 @dataclass
 class DecoderCache:
     """State of incremental decoding for a batch of N hypotheses: the source padding mask, each
@@ -238,7 +248,12 @@ class Seq2SeqTransformer(nn.Module):
             raise ValueError("ModelConfig.src_vocab_size and tgt_vocab_size must be set (> 0) to build a model")
         if cfg.share_embeddings and cfg.src_vocab_size != cfg.tgt_vocab_size:
             raise ValueError("share_embeddings needs src_vocab_size == tgt_vocab_size")
+        # Imported here rather than at the top: mt_tune.data imports mt_tune.config, which
+        # imports ModelConfig from this module.
+        from mt_tune.data.vocab import PAD_ID
+
         self.cfg = cfg
+        self.pad_id = PAD_ID
         d = cfg.d_model
         self.embed_scale = math.sqrt(d)
         self.src_embed = nn.Embedding(cfg.src_vocab_size, d, padding_idx=PAD_ID)
@@ -301,7 +316,7 @@ class Seq2SeqTransformer(nn.Module):
 
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """src [B, S] -> (memory [B, S, D], src_mask [B, 1, 1, S] bool, True at real tokens)."""
-        src_mask = (src != PAD_ID)[:, None, None, :]
+        src_mask = (src != self.pad_id)[:, None, None, :]
         x = self._embed(src, self.src_embed, getattr(self, "src_pos", None))
         for layer in self.encoder:
             x = self._run_layer(layer, x, src_mask)

@@ -1,32 +1,36 @@
 """The Trainer: one training run of a seq2seq Transformer from a RunConfig.
 
-    result = Trainer(cfg, out_dir).fit()
+    data = mt_tune.data.prepare(cfg.data)
+    result = Trainer(cfg, out_dir, data).fit()
 
 What one update does: take `accum_steps` length-bucketed batches (times the number of DDP
 processes), sum the label-smoothed cross-entropy over their target tokens and divide by the
-target tokens of the whole update (so accumulation equals one bigger batch), backward under
-autocast, clip, AdamW step with the learning rate of `lr_at(step)`.
+target tokens of the whole update (so accumulation equals one bigger batch); the forward pass
+and the loss run under autocast (train.amp), backward outside it (its ops follow the dtypes the
+forward chose), fp16 through a GradScaler; then clip and an AdamW step with the learning rate
+of `lr_at(step)` (schedule.py).
 
 Every `eval_every` updates and at the end: validation loss per target token and per target
 character, BLEU/chrF on the first `bleu_sentences` validation sentences, checkpoints (last.pt,
 and best.pt when `keep_best_by` improved), then the hooks. A hook may raise StopTraining to end
 the run cleanly; any other exception propagates. The Trainer knows nothing of Optuna.
+
+Elsewhere: where and in what precision it computes (device.py), the checkpoint's contents
+and resume (checkpoint.py), the averaged weights (weight_average.py), the batches
+(data/batching.py), TensorBoard event files (event_files.py).
 """
 
 from __future__ import annotations
 
 import copy
-import gc
 import math
 import random
-import resource
-import shutil
-import sys
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -34,161 +38,27 @@ import torch.nn.functional as F
 import yaml
 
 from mt_tune import distributed
-from mt_tune.checkpoint import (CHECKPOINT_VERSION, bytes_to_tensor, load_checkpoint, read_checkpoint,
-                                rng_state, save_atomic, set_rng_state)
-from mt_tune.config import RunConfig, TrainConfig, to_dict
-from mt_tune.errors import ConfigError, UserError
+from mt_tune.checkpoint import restore_training, save_run_checkpoints, training_checkpoint
+from mt_tune.config import RunConfig, to_dict
+from mt_tune.data.batching import Batch, BatchIterator, TrainBatches
+from mt_tune.data.vocab import PAD_ID
+from mt_tune.device import (amp_name, batch_tensors, free_device_memory, peak_flops, peak_memory_bytes,
+                            place_training, to_device)
+from mt_tune.errors import UserError
+from mt_tune.event_files import open_event_files
+from mt_tune.model import Seq2SeqTransformer, optimizer_groups
+from mt_tune.results import LOWER_IS_BETTER, EvalResult, NaNLossError, OutOfMemoryError, RunResult, StopTraining, TrainingError
+from mt_tune.schedule import lr_at, projected_end_step
+from mt_tune.weight_average import WeightAverage
 
+# The Trainer's results and errors (defined in results.py) are part of its interface.
 __all__ = ["Trainer", "RunResult", "EvalResult", "StopTraining", "TrainingError", "NaNLossError",
-           "OutOfMemoryError", "lr_at", "load_checkpoint", "free_device_memory"]
+           "OutOfMemoryError"]
 
-PAD_ID = 0
 # train.compile: padded lengths are rounded up to a multiple of this, and the pace of a time
 # budget is measured after this many updates of each session (those that compile).
 COMPILE_PAD_MULTIPLE = 8
 COMPILE_WARMUP_UPDATES = 2
-LOWER_IS_BETTER = {"val_loss": True, "val_loss_per_char": True, "bleu": False, "chrf": False}
-
-# Dense bf16 peak FLOP/s by GPU name, for MFU; first matching substring wins.
-PEAK_BF16_FLOPS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12),
-                   ("L40S", 362e12), ("A10G", 70e12), ("RTX 4090", 165e12)]
-
-
-# --- results and errors -------------------------------------------------------------------
-
-
-@dataclass
-class EvalResult:
-    step: int
-    val_loss: float
-    val_loss_per_char: float
-    bleu: float | None
-    chrf: float | None
-    lr: float
-    train_loss: float
-    tokens_per_s: float
-    elapsed_s: float
-
-
-@dataclass
-class RunResult:
-    stop_reason: str
-    steps: int
-    history: list[EvalResult]
-    best: dict[str, tuple[float, int]]
-    tokens_per_s: float
-    updates_per_s: float
-    peak_memory_bytes: int
-    n_params: int
-    wall_s: float
-    mfu: float | None
-    tokens_per_update: float = 0.0  # mean target tokens per update, all processes together
-    bleu_signature: str | None = None
-    out_dir: Path | None = None
-
-
-class StopTraining(Exception):
-    """Raised by a hook to end fit() cleanly; `reason` becomes RunResult.stop_reason."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on; `stop_reason` says why, `step` where."""
-
-    stop_reason = "error"
-
-    def __init__(self, message: str, step: int):
-        super().__init__(message)
-        self.step = step
-
-
-class NaNLossError(TrainingError):
-    stop_reason = "nan_loss"
-
-
-class OutOfMemoryError(TrainingError):
-    stop_reason = "oom"
-
-    def __init__(self, message: str, step: int, estimate_bytes: int | None):
-        super().__init__(message, step)
-        self.estimate_bytes = estimate_bytes
-
-
-# --- pieces that are pure functions -------------------------------------------------------
-
-
-def lr_at(step: int, tc: TrainConfig, end_step: float | None = None) -> float:
-    """Learning rate of update number `step` (1-based): linear warmup to tc.lr over
-    tc.warmup_steps, then inverse-sqrt, or cosine / linear down to min_lr at `end_step`
-    (default max_steps); never below min_lr after warmup."""
-    warmup = tc.warmup_steps
-    if step <= warmup:
-        return tc.lr * step / warmup
-    if tc.schedule == "inverse_sqrt":
-        value = tc.lr * math.sqrt(max(warmup, 1) / step)
-    else:
-        end = tc.max_steps if end_step is None else min(end_step, tc.max_steps)
-        progress = min(1.0, (step - warmup) / max(1.0, end - warmup))
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if tc.schedule == "cosine" else 1 - progress
-        value = tc.min_lr + (tc.lr - tc.min_lr) * shape
-    return max(value, tc.min_lr)
-
-
-def projected_end_step(step: int, elapsed_s: float, tc: TrainConfig,
-                       since: tuple[int, float] = (0, 0.0)) -> float | None:
-    """The step at which max_minutes runs out at the pace so far (None without a time limit).
-    A time-limited run otherwise ends wherever the clock stops it, in mid-schedule: budgeted
-    training ends best with the learning rate decayed (Li et al. 2020, "Budgeted Training").
-    `since` (step, elapsed seconds): the pace is measured from there on, as after the updates
-    in which torch.compile compiled, which would make it look slower than it is."""
-    step0, elapsed0 = since
-    if tc.max_minutes <= 0 or step <= step0 or elapsed_s <= elapsed0:
-        return None
-    return step0 + (step - step0) * (tc.max_minutes * 60 - elapsed0) / (elapsed_s - elapsed0)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device: {name} asked for, but no CUDA device is available (use cpu or auto)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"train.device: {name}: this machine has {torch.cuda.device_count()} GPU(s)")
-    return device
-
-
-def pick_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """train.amp -> autocast dtype, decided once: auto is bf16 where the GPU has it, fp16 on
-    older GPUs, off on CPU."""
-    if amp == "off":
-        return None
-    if device.type == "cpu":
-        if amp == "fp16":
-            raise ConfigError("train.amp: fp16 needs a CUDA device; use bf16 or off on CPU")
-        return torch.bfloat16 if amp == "bf16" else None
-    # Emulated bf16 (V100, T4) runs slower than fp16 with a GradScaler: native support only.
-    bf16_ok = torch.cuda.is_bf16_supported(including_emulation=False)
-    if amp == "bf16" and not bf16_ok:
-        raise ConfigError(f"train.amp: bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16")
-    if amp == "auto":
-        return torch.bfloat16 if bf16_ok else torch.float16
-    return torch.bfloat16 if amp == "bf16" else torch.float16
-
-
-def free_device_memory(device: torch.device | str | None = None) -> None:
-    """Collect garbage, return the CUDA allocator's cached blocks to the driver and reset its
-    peak statistics: what a worker does between trials, so each trial starts from a clean
-    allocator (and reports its own peak), and after an OOM, once nothing refers to the failed
-    run's tensors any more. A no-op for the allocator on CPU."""
-    gc.collect()
-    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 def seed_everything(seed: int) -> None:
@@ -197,71 +67,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss_kb if sys.platform == "darwin" else rss_kb * 1024)  # macOS reports bytes, Linux KiB
-
-
-def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
-
-
-def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices only: not on norms, biases or embeddings."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "emb" in name.lower() else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-# --- the Trainer ---------------------------------------------------------------------------
-
-
 class Trainer:
-    def __init__(self, cfg: RunConfig, out_dir: Path | str | None, data: Any = None,
+    def __init__(self, cfg: RunConfig, out_dir: Path | str | None, data: Any,
                  hooks: Iterable[Callable] = (), resume: bool = False, log: Callable = print,
-                 on_step: Callable[[int, dict], None] | None = None):
-        """`on_step(step, info)`, if given, is called after every update (for a progress bar);
-        info holds the latest logged loss, lr, tok_s and val_loss."""
-        from mt_tune.data import BatchIterator, prepare
-        from mt_tune.data.batching import TrainBatches
-        from mt_tune.model import Seq2SeqTransformer
-
+                 on_step: Callable[[int, dict], None] | None = None, tensorboard: bool = False):
+        """`data`: the run's prepared data (mt_tune.data.prepare(cfg.data)). `on_step(step,
+        info)`, if given, is called after every update (for a progress bar); info holds the
+        latest logged loss, lr, tok_s and val_loss. `tensorboard`: write event files into
+        out_dir (event_files.py)."""
         self.cfg = copy.deepcopy(cfg)
         tc = self.cfg.train
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.hooks = list(hooks)
         self.on_step = on_step
-        self.device = resolve_device(tc.device)
-        self.dist = distributed.from_env(self.device.type)
-        if self.dist.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
+        self.tensorboard = tensorboard
+        placement = place_training(tc)
+        self.device, self.dist, self.amp_dtype = placement.device, placement.dist, placement.amp_dtype
+        self.autocast = placement.autocast
         self.log = log if self.dist.is_main else (lambda *args, **kwargs: None)
-        if tc.threads > 0:
-            torch.set_num_threads(tc.threads)
-        self.amp_dtype = pick_amp_dtype(tc.amp, self.device)
-        if self.device.type == "cuda" and self.amp_dtype is None:
-            # fp32 matmuls on tensor cores (TF32): several times faster on Ampere and later,
-            # within training noise for a Transformer.
-            torch.set_float32_matmul_precision("high")
 
         seed_everything(tc.seed)
-        self.data = data if data is not None else prepare(self.cfg.data)
-        self.src_tok, self.tgt_tok = self.data.src_tok, self.data.tgt_tok
+        self.data = data
+        self.src_tok, self.tgt_tok = data.src_tok, data.tgt_tok
         self.cfg.model.src_vocab_size = self.src_tok.vocab_size
         self.cfg.model.tgt_vocab_size = self.tgt_tok.vocab_size
         self.model = Seq2SeqTransformer(self.cfg.model).to(self.device)
         self.n_params = self.model.num_params()
-        # Weight averaging (Polyak): a copy of the parameters that trails the trained ones.
-        self.ema = ({n: p.detach().clone() for n, p in self.model.named_parameters()}
-                    if tc.ema_decay > 0 else None)
+        self.average = WeightAverage(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
         if self.dist.rank:  # same initial weights everywhere, different dropout per process
             torch.manual_seed(tc.seed + 1_000_003 * self.dist.rank)
 
@@ -280,12 +112,13 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(optimizer_groups(self.model, tc.weight_decay), lr=tc.lr,
                                            betas=(tc.beta1, tc.beta2), eps=tc.eps, fused=fused or None)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        # Tensors are made in the batch thread, pinned for CUDA so that the copy is asynchronous.
         self.batches = TrainBatches(
-            BatchIterator(self.data.train, tc.max_tokens, seed=tc.seed, shuffle=True,
+            BatchIterator(data.train, tc.max_tokens, seed=tc.seed, shuffle=True,
                           pad_multiple=COMPILE_PAD_MULTIPLE if tc.compile else 1),
-            tc.accum_steps, rank=self.dist.rank, world_size=self.dist.world_size, device=self.device)
-        self.valid_batches = lambda: BatchIterator(self.data.valid, tc.max_tokens, seed=tc.seed, shuffle=False)
-        self.valid_chars = sum(len(s) for s in self.data.valid_ref)
+            tc.accum_steps, rank=self.dist.rank, world_size=self.dist.world_size,
+            convert=partial(batch_tensors, pin=self.device.type == "cuda"))
+        self.valid_chars = sum(len(s) for s in data.valid_ref)
 
         self.step = 0
         self.history: list[EvalResult] = []
@@ -298,97 +131,46 @@ class Trainer:
         self.end_step: float | None = None  # where the decay ends under max_minutes; see lr_at
         if resume:
             self._resume()
-        self._stream = iter(self.batches)  # this process's batches only, built in a thread
+        self._stream: Iterator[Batch] = iter(self.batches)  # this process's batches only
         # (step, elapsed s) from which the pace that projects a time budget's end is measured:
         # after the first updates of this session under torch.compile, which compile.
         self._pace_since = (0, 0.0)
         self._compile_updates_left = COMPILE_WARMUP_UPDATES if tc.compile else 0
+        self._events = None  # TensorBoard event files, while fit() runs
 
-    def autocast(self):
-        """A fresh autocast context for the chosen dtype (a no-op without AMP)."""
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+    def valid_batches(self) -> Iterator[Batch]:
+        """The validation batches, one deterministic pass, as tensors on the device."""
+        tc = self.cfg.train
+        for batch in BatchIterator(self.data.valid, tc.max_tokens, seed=tc.seed, shuffle=False):
+            yield to_device(batch, self.device)
 
     # --- checkpoints ----------------------------------------------------------------------
-
-    @contextmanager
-    def averaged_weights(self):
-        """Inside the block the model holds the moving average of its weights (a no-op without
-        train.ema_decay); evaluation and checkpoints use it."""
-        if self.ema is None:
-            yield
-            return
-        params = dict(self.model.named_parameters())
-        trained = {n: p.detach().clone() for n, p in params.items()}
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(self.ema[n])
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(trained[n])
-
-    def _checkpoint(self) -> dict:
-        with self.averaged_weights():
-            weights = {k: v.clone() if self.ema is not None else v for k, v in self.model.state_dict().items()}
-        extra = {"train_weights": self.model.state_dict()} if self.ema is not None else {}
-        return {
-            **extra,
-            "version": CHECKPOINT_VERSION,
-            "config": to_dict(self.cfg),
-            "model": weights,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "step": self.step,
-            "rng": rng_state(),
-            "data_state": self.batches.state_dict(),
-            "best": {k: [v, s] for k, (v, s) in self.best.items()},
-            "elapsed_s": self.elapsed_before + time.perf_counter() - self._started,
-            "history": [asdict(r) for r in self.history],
-            "src_spm": bytes_to_tensor(self.src_tok.model_bytes()),
-            "tgt_spm": bytes_to_tensor(self.tgt_tok.model_bytes()),
-        }
 
     def _save(self, improved: bool) -> None:
         if self.out_dir is None or not self.dist.is_main:
             return
-        last = self.out_dir / "last.pt"
-        save_atomic(self._checkpoint(), last)
-        if improved:  # same content: copy the file rather than serialise again
-            tmp = self.out_dir / ".best.pt.tmp"
-            shutil.copyfile(last, tmp)
-            tmp.replace(self.out_dir / "best.pt")
+        averaged = self.average is not None
+        ckpt = training_checkpoint(
+            config=to_dict(self.cfg), weights=self.average.state_dict() if averaged else self.model.state_dict(),
+            train_weights=self.model.state_dict() if averaged else None, optimizer=self.optimizer,
+            scaler=self.scaler, step=self.step, data_state=self.batches.state_dict(), best=self.best,
+            history=[asdict(r) for r in self.history],
+            elapsed_s=self.elapsed_before + time.perf_counter() - self._started,
+            src_spm=self.src_tok.model_bytes(), tgt_spm=self.tgt_tok.model_bytes())
+        save_run_checkpoints(ckpt, self.out_dir, improved)
 
     def _resume(self) -> None:
         if self.out_dir is None:
             raise UserError("resume: no output directory to resume from")
-        path = self.out_dir / "last.pt"
-        if not path.is_file():
-            raise UserError(f"{path}: no checkpoint to resume from")
-        ckpt = read_checkpoint(path)  # on the CPU: the RNG states must stay there
-        if ckpt["config"]["model"] != to_dict(self.cfg.model):
-            raise UserError(f"{path}: the checkpoint's model config differs from this run's; "
-                            f"resume with the same model settings")
-        self.model.load_state_dict(ckpt.get("train_weights", ckpt["model"]))
-        if self.ema is not None:  # the average was saved as "model" (or, without one, starts here)
-            self.ema = {n: ckpt["model"][n].to(self.device, copy=True) for n in self.ema}
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.step = int(ckpt["step"])
-        try:
-            self.batches.load_state_dict(ckpt["data_state"])
-        except ValueError as e:
-            raise UserError(f"{path}: {e}") from None
-        self.best = {k: (v, s) for k, (v, s) in ckpt["best"].items()}
-        self.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
-        self.history = [EvalResult(**r) for r in ckpt["history"]]
-        set_rng_state(ckpt["rng"])
+        restored = restore_training(self.out_dir, model_config=to_dict(self.cfg.model), model=self.model,
+                                    optimizer=self.optimizer, scaler=self.scaler, batches=self.batches)
+        if self.average is not None:  # the average was saved as "model" (or, without one, starts here)
+            self.average.load(restored.weights)
+        self.step, self.best, self.elapsed_before = restored.step, restored.best, restored.elapsed_s
+        self.history = [EvalResult(**r) for r in restored.history]
         if self.dist.rank:
             torch.manual_seed(self.cfg.train.seed + 1_000_003 * self.dist.rank + self.step)
-        self.log(f"resumed from {path} at step {self.step}")
+        self.log(f"resumed from {self.out_dir / 'last.pt'} at step {self.step}")
 
     # --- one update -----------------------------------------------------------------------
 
@@ -413,7 +195,7 @@ class Trainer:
         self.train_model.train()
         non_blocking = self.device.type == "cuda"  # the batches are pinned for CUDA
         for i, batch in enumerate(mine):
-            batch = batch.to(self.device, non_blocking=non_blocking)
+            batch = to_device(batch, self.device, non_blocking=non_blocking)
             last = i == len(mine) - 1
             with self.ddp.no_sync() if self.ddp is not None and not last else nullcontext():
                 with self.autocast():
@@ -429,11 +211,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            # a short average early on, when the first weights are far from the later ones
-            decay = min(tc.ema_decay, (1 + self.step) / (10 + self.step))
-            torch._foreach_lerp_(list(self.ema.values()), [p.detach() for p in self.model.parameters()],
-                                 1 - decay)
+        if self.average is not None:
+            self.average.update(self.step)
         self._loss_updates += 1
         if self._compile_updates_left:
             self._compile_updates_left -= 1
@@ -444,11 +223,7 @@ class Trainer:
     def _mean_train_loss(self) -> float:
         """Mean training loss since the last call; raises NaNLossError on NaN/inf. In DDP all
         processes call it at the same steps (it all-reduces)."""
-        total = self._loss_sum.clone()
-        if self.dist.enabled:
-            torch.distributed.all_reduce(total)
-            total /= self.dist.world_size
-        value = total.item() / max(1, self._loss_updates)
+        value = distributed.mean_over_processes(self.dist, self._loss_sum).item() / max(1, self._loss_updates)
         self._loss_sum.zero_()
         self._loss_updates = 0
         if not math.isfinite(value):
@@ -463,27 +238,16 @@ class Trainer:
         so all of them use the same learning rate."""
         elapsed = self.elapsed_before + time.perf_counter() - self._started
         since_step, since_s = self._pace_since
-        if self.dist.enabled:
-            t = torch.tensor([elapsed, since_s], dtype=torch.float64, device=self.device)
-            torch.distributed.broadcast(t, src=0)
-            elapsed, since_s = t.tolist()
+        elapsed, since_s = distributed.from_rank_0(self.dist, [elapsed, since_s], self.device)
         self.end_step = projected_end_step(self.step, elapsed, self.cfg.train, since=(since_step, since_s))
         return elapsed >= budget_s
-
-    def _agree(self, flag: bool) -> bool:
-        """Process 0's decision, for every process (a no-op without DDP)."""
-        if not self.dist.enabled:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        torch.distributed.broadcast(t, src=0)
-        return bool(t.item())
 
     # --- evaluation -----------------------------------------------------------------------
 
     def evaluate(self) -> tuple[float, float, float | None, float | None]:
         """(val loss per target token, per target character, BLEU, chrF) of the current model
         (of its averaged weights with train.ema_decay)."""
-        with self.averaged_weights():
+        with self.average.swapped_in() if self.average is not None else nullcontext():
             return self._evaluate()
 
     @torch.no_grad()
@@ -494,7 +258,6 @@ class Trainer:
         tokens = 0
         with self.autocast():
             for batch in self.valid_batches():
-                batch = batch.to(self.device)
                 logits = self.model(batch.src, batch.tgt_in)
                 nll += F.cross_entropy(logits.view(-1, logits.size(-1)).float(), batch.tgt_out.view(-1),
                                        ignore_index=PAD_ID, reduction="sum").double()
@@ -517,11 +280,8 @@ class Trainer:
         """Update self.best with an evaluation; True when keep_best_by improved."""
         improved = False
         for metric, lower in LOWER_IS_BETTER.items():
-            value = getattr(result, metric)
-            if value is None:
-                continue
-            old = self.best.get(metric)
-            if old is None or (value < old[0] if lower else value > old[0]):
+            value, old = getattr(result, metric), self.best.get(metric)
+            if value is not None and (old is None or (value < old[0] if lower else value > old[0])):
                 self.best[metric] = (value, result.step)
                 improved |= metric == self.cfg.train.keep_best_by
         return improved
@@ -530,6 +290,8 @@ class Trainer:
 
     def fit(self) -> RunResult:
         """Train until max_steps, max_minutes or a hook's StopTraining."""
+        if self.tensorboard and self.out_dir is not None and self.dist.is_main:
+            self._events = open_event_files(self.out_dir, self.log)
         try:
             return self._fit()
         except torch.cuda.OutOfMemoryError as e:
@@ -539,14 +301,15 @@ class Trainer:
         finally:
             self.batches.close()  # the batch thread ends with the run, however it ends
             distributed.close(self.dist)
+            if self._events is not None:
+                self._events.close()
         # Raised outside the handler, so the new error has no __context__ that would keep
         # the failed step's tensors alive; freed before it goes up to the caller.
         from mt_tune.memory import estimate_memory
 
         self.optimizer.zero_grad(set_to_none=True)
         free_device_memory(self.device)
-        amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype)
-        estimate = int(estimate_memory(self.cfg.model, self.cfg.train, amp_dtype=amp)["total"])
+        estimate = int(estimate_memory(self.cfg.model, self.cfg.train, amp_dtype=amp_name(self.amp_dtype))["total"])
         raise OutOfMemoryError(f"CUDA out of memory at step {self.step} (estimated need "
                                f"{estimate / 2**30:.2f} GiB): {reason}", self.step, estimate)
 
@@ -582,6 +345,8 @@ class Trainer:
                 if at_log:
                     self.log(f"step {self.step:>6} | loss {info['loss']:.3f} | lr {info['lr']:.2e} | "
                              f"{info['tok_s']:,.0f} tok/s | {(self.step - first_step) / max(train_s, 1e-9):.2f} upd/s")
+                    if self._events is not None:
+                        self._events.train(self.step, info["loss"], info["lr"])
             if self.on_step is not None and self.dist.is_main:
                 self.on_step(self.step, info)
             if at_eval or time_up:
@@ -600,13 +365,15 @@ class Trainer:
                     info["val_loss"] = val_loss
                     self.log(f"eval {self.step:>6} | val loss {val_loss:.3f} | per char {per_char:.4f}"
                              + (f" | BLEU {bleu:.2f} | chrF {chrf:.2f}" if bleu is not None else ""))
+                    if self._events is not None:
+                        self._events.evaluation(result)
                     try:
                         for hook in self.hooks:
                             hook(self, result)
                     except StopTraining as s:
                         stop = s.reason
                 eval_s += time.perf_counter() - t_eval
-                if self._agree(stop is not None):
+                if distributed.from_rank_0(self.dist, [float(stop is not None)], self.device)[0]:  # 0 decides
                     stop_reason = stop or "stopped"
                     break
                 window_tokens, window_start, window_losses = 0, time.perf_counter(), []

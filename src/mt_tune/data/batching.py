@@ -11,6 +11,9 @@ max_tokens, the seed and the epoch, so a resumed iterator replays exactly.
 `pad_multiple` rounds padded lengths up (8 for torch.compile: fewer distinct shapes, sizes
 that suit its kernels); the budget counts the rounded lengths. TrainBatches builds one DDP
 process's share of each update in a background thread.
+
+Batches are numpy arrays: the data pipeline does not import torch (the trainer turns them into
+tensors, through TrainBatches' `convert`).
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ from __future__ import annotations
 import queue
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import torch
 
 from mt_tune.data.shards import Shard
 from mt_tune.data.vocab import BOS_ID, EOS_ID, PAD_ID
@@ -30,9 +33,12 @@ from mt_tune.data.vocab import BOS_ID, EOS_ID, PAD_ID
 
 @dataclass
 class Batch:
-    src: torch.Tensor  # [B, S] long: ids + eos, padded
-    tgt_in: torch.Tensor  # [B, T] long: bos + ids, padded
-    tgt_out: torch.Tensor  # [B, T] long: ids + eos, padded
+    """One batch of pairs. The arrays are numpy int64 as built here; the trainer replaces them
+    with torch tensors of the same shapes (device.batch_tensors)."""
+
+    src: Any  # [B, S] int64: ids + eos, padded
+    tgt_in: Any  # [B, T] int64: bos + ids, padded
+    tgt_out: Any  # [B, T] int64: ids + eos, padded
     n_src_tokens: int  # non-pad tokens
     n_tgt_tokens: int
     # (source, target) non-pad tokens of the whole update this batch is part of, all processes
@@ -41,17 +47,8 @@ class Batch:
 
     @property
     def size(self) -> int:
+        """Pairs in the batch."""
         return self.src.shape[0]
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        """On `device`; non_blocking: copy asynchronously (from pinned memory to CUDA)."""
-        return Batch(self.src.to(device, non_blocking=non_blocking), self.tgt_in.to(device, non_blocking=non_blocking),
-                     self.tgt_out.to(device, non_blocking=non_blocking), self.n_src_tokens, self.n_tgt_tokens,
-                     self.update_tokens)
-
-    def pin_memory(self) -> Batch:
-        return Batch(self.src.pin_memory(), self.tgt_in.pin_memory(), self.tgt_out.pin_memory(),
-                     self.n_src_tokens, self.n_tgt_tokens, self.update_tokens)
 
 
 class BatchIterator:
@@ -183,7 +180,7 @@ class BatchIterator:
         tgt_in[:, 0] = self.bos_id
         tgt_in[:, 1:][t_mask[:, :-1]] = tgt_ids
         n_src, n_tgt = int(s_lens.sum()) + n, int(t_lens.sum()) + n
-        return Batch(torch.from_numpy(src), torch.from_numpy(tgt_in), torch.from_numpy(tgt_out), n_src, n_tgt)
+        return Batch(src, tgt_in, tgt_out, n_src, n_tgt)
 
 
 def _pack(indices: np.ndarray, src: np.ndarray, tgt: np.ndarray, max_tokens: int) -> list[np.ndarray]:
@@ -207,8 +204,9 @@ class TrainBatches:
     `rank` trains on every world_size-th of them from its rank on (the split DDP always used),
     and only those are built here. Each carries the update's total tokens in `update_tokens`,
     counted from the plan's lengths, so every process scales its loss alike without building
-    the others' batches or communicating. For a CUDA device the batches are pinned, so that
-    `Batch.to(device, non_blocking=True)` copies them asynchronously.
+    the others' batches or communicating. `convert`, if given, runs in the thread on each batch
+    before it is handed out (the trainer's: torch tensors, pinned for CUDA so that the copy to
+    the GPU is asynchronous), so that this work too is done ahead, off the training loop.
 
     state_dict() is the iterator's position after the last batch handed out, not after those
     built ahead: a checkpoint resumes exactly where training was. close() stops and joins the
@@ -216,11 +214,11 @@ class TrainBatches:
     """
 
     def __init__(self, batches: BatchIterator, accum_steps: int = 1, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu", ahead: int = 4):
+                 convert: Callable[[Batch], Any] | None = None, ahead: int = 4):
         if not batches.shuffle:
             raise ValueError("TrainBatches needs an endless (shuffle=True) BatchIterator")
         self.batches, self.accum_steps, self.rank, self.world_size = batches, accum_steps, rank, world_size
-        self.pin = torch.device(device).type == "cuda"
+        self.convert = convert
         self.ahead = max(1, ahead)
         self._consumed = (batches.epoch, batches.state_dict()["position"])
         self._thread: threading.Thread | None = None
@@ -230,7 +228,8 @@ class TrainBatches:
     def __iter__(self) -> TrainBatches:
         return self
 
-    def __next__(self) -> Batch:
+    def __next__(self) -> Any:
+        """The next batch of this process (as `convert` returns it)."""
         if self._thread is None:
             self._start()
         item = self._queue.get()
@@ -245,7 +244,7 @@ class TrainBatches:
         self._queue = queue.Queue(maxsize=self.ahead)
         self._thread = threading.Thread(target=_build_ahead, name="mt-tune-batches", daemon=True,
                                         args=(self.batches, self.accum_steps, self.rank, self.world_size,
-                                              self.pin, self._stop, self._queue))
+                                              self.convert, self._stop, self._queue))
         self._thread.start()
         # A TrainBatches dropped without close() (a Trainer never fitted) still ends its thread:
         # the thread holds the iterator and the queue, never this object.
@@ -269,8 +268,8 @@ class TrainBatches:
         self._consumed = (self.batches.epoch, self.batches.state_dict()["position"])
 
 
-def _build_ahead(batches: BatchIterator, accum: int, rank: int, world: int, pin: bool, stop: threading.Event,
-                 out: queue.Queue) -> None:
+def _build_ahead(batches: BatchIterator, accum: int, rank: int, world: int, convert: Callable[[Batch], Any] | None,
+                 stop: threading.Event, out: queue.Queue) -> None:
     """The thread of TrainBatches: (batch, (epoch, position) after its share of the plan) into `out`."""
     try:
         plan = batches.plan()
@@ -284,8 +283,8 @@ def _build_ahead(batches: BatchIterator, accum: int, rank: int, world: int, pin:
             for group, position in zip(update, after):
                 batch = batches.make_batch(group[rank])
                 batch.update_tokens = totals
-                if pin:
-                    batch = batch.pin_memory()
+                if convert is not None:
+                    batch = convert(batch)
                 if stop.is_set():
                     return
                 out.put((batch, position))

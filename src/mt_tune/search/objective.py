@@ -34,8 +34,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from mt_tune.config import RunConfig, format_scale, to_dict
 from mt_tune.errors import ConfigError, UserError
 from mt_tune.search.spec import METRICS, StudySpec
-from mt_tune.train import (EvalResult, NaNLossError, OutOfMemoryError, StopTraining, Trainer, free_device_memory,
-                           pick_amp_dtype, resolve_device)
+from mt_tune.device import amp_name, free_device_memory, pick_amp_dtype, resolve_device
+from mt_tune.train import EvalResult, NaNLossError, OutOfMemoryError, StopTraining, Trainer
 
 # Fraction of a GPU's memory a run's estimate may take before it is pruned unstarted: the
 # estimate leaves out the CUDA context and allocator fragmentation.
@@ -300,7 +300,7 @@ class Objective:
             return None
         from mt_tune.memory import estimate_memory
 
-        amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(pick_amp_dtype(cfg.train.amp, device))
+        amp = amp_name(pick_amp_dtype(cfg.train.amp, device))
         need = int(estimate_memory(cfg.model, cfg.train, amp_dtype=amp)["total"])
         free, total = torch.cuda.mem_get_info(device)
         trial.set_user_attr("memory_estimate", need)
