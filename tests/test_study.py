@@ -49,6 +49,17 @@ def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path}/studies.db"
 
 
+def test_config_spec_and_study_modules_import_without_torch():
+    # Everything a study command needs is torch-free; only training imports torch.
+    modules = ["mt_tune.config", "mt_tune.search.spec", "mt_tune.search.study", "mt_tune.search.storage",
+               "mt_tune.search.transfer", "mt_tune.search.promote", "mt_tune.search.export", "mt_tune.search.report",
+               "mt_tune.search.workers", "mt_tune.cli"]
+    code = f"import sys; import {', '.join(modules)}; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def spec_file(tmp_path: Path, change=None) -> Path:
     raw = copy.deepcopy(SPEC)
     if change:

@@ -21,7 +21,6 @@ from typing import Any
 import yaml
 
 from mt_tune.errors import ConfigError
-from mt_tune.model import ModelConfig
 
 
 def opt(default: Any, help: str, choices: list | None = None, **kw: Any) -> Any:
@@ -121,6 +120,45 @@ class DataConfig:
     @property
     def scale_pairs(self) -> int | None:
         return parse_scale(self.scale)
+
+
+@dataclass
+class ModelConfig:
+    """The Transformer's shape (mt_tune.model builds it); here so that reading a config needs no torch."""
+
+    d_model: int = opt(256, "width of the model (embedding and residual stream)")
+    n_heads: int = opt(4, "attention heads; must divide d_model")
+    enc_layers: int = opt(3, "encoder layers")
+    dec_layers: int = opt(3, "decoder layers")
+    ffn_dim: int = opt(1024, "hidden width of the feed-forward blocks")
+    dropout: float = opt(0.1, "dropout on embeddings and residual branches")
+    attn_dropout: float = opt(0.0, "dropout on attention weights")
+    act_dropout: float = opt(0.0, "dropout after the feed-forward activation")
+    norm: str = opt("pre", "layer norm placement", ["pre", "post"])
+    positions: str = opt("sinusoidal", "position encoding", ["sinusoidal", "learned"])
+    max_positions: int = opt(512, "longest sequence (in tokens) the model accepts")
+    share_embeddings: bool = opt(True, "one embedding table for source and target (needs a joint vocab)")
+    tie_output: bool = opt(True, "output projection shares the target embedding weights")
+    grad_checkpointing: bool = opt(False, "recompute each layer's activations in backward to save memory")
+    src_vocab_size: int = opt(0, "source vocabulary size (0: taken from the tokenizer)")
+    tgt_vocab_size: int = opt(0, "target vocabulary size (0: taken from the tokenizer)")
+
+    def validate(self, where: str) -> None:
+        for name in ("d_model", "n_heads", "enc_layers", "dec_layers", "ffn_dim", "max_positions"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{where}.{name}: must be > 0, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"{where}.n_heads: {self.n_heads} does not divide {where}.d_model ({self.d_model})")
+        for name in ("dropout", "attn_dropout", "act_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name}: must be in [0, 1), got {getattr(self, name)}")
+        for name in ("src_vocab_size", "tgt_vocab_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{where}.{name}: must be >= 0 (0: from the tokenizer), got {getattr(self, name)}")
+        if (self.share_embeddings and self.src_vocab_size and self.tgt_vocab_size
+                and self.src_vocab_size != self.tgt_vocab_size):
+            raise ConfigError(f"{where}.share_embeddings: needs src_vocab_size == tgt_vocab_size, "
+                              f"got {self.src_vocab_size} and {self.tgt_vocab_size}")
 
 
 @dataclass
@@ -361,12 +399,3 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
         return build_run_config(raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-
-
-def describe(cls: type) -> list[tuple[str, str, Any, str]]:
-    """(name, type, default, help) of each field, for docs and `--help` text."""
-    out = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        out.append((f.name, str(f.type), default, f.metadata.get("help", "")))
-    return out

@@ -14,7 +14,6 @@ import optuna
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
-from scipy import stats
 
 from mt_tune.search.study import load_study
 
@@ -114,6 +113,10 @@ def transfer_report(study: optuna.Study) -> Transfer | None:
     finished = len(done)
     rho = tau = None
     if finished >= MIN_FINISHED:
+        # Imported here: scipy.stats takes seconds to import, and `study show` asks for this
+        # report on every study, promoted or not.
+        from scipy import stats
+
         ranked = [r for r in rows if r.rank is not None]
         src_ranks = [r.source_rank for r in ranked]
         dst_ranks = [r.rank for r in ranked]

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from mt_tune.errors import UserError
+from mt_tune.search.samplers import STREAM_ENV
 from mt_tune.search.storage import ENV_VAR, close_storages, mask_url, resolve_url
 
 SUMMARY_MARK = "mt-tune-worker-summary "
-SAMPLER_STREAM_ENV = "MT_TUNE_SAMPLER_STREAM"  # samplers.STREAM_ENV; not imported: it pulls in torch
 EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
 
 
@@ -194,7 +194,7 @@ def launch_workers(
     for slot in slots:
         env = {**os.environ, ENV_VAR: url, "CUDA_VISIBLE_DEVICES": slot.visible_gpus, "PYTHONUNBUFFERED": "1",
                # distinct sampler seeds per process, on this and every other machine
-               SAMPLER_STREAM_ENV: f"{socket.gethostname()}/{slot.label}"}
+               STREAM_ENV: f"{socket.gethostname()}/{slot.label}"}
         child = subprocess.Popen(
             [sys.executable, "-m", "mt_tune.search.workers", study_name, str(n_trials or "-"), slot.device, str(artifacts),
              str(max_consecutive_failures or "-")],
