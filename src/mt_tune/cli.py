@@ -267,7 +267,7 @@ def study_create(
 
     from mt_tune.config import format_scale
     from mt_tune.search.spec import load_spec
-    from mt_tune.search.storage import mask_url, resolve_url
+    from mt_tune.search.urls import mask_url, resolve_url
     from mt_tune.search.study import create_study
     from mt_tune.search.warmstart import add_start_from
 
@@ -298,7 +298,7 @@ def study_create(
 @study_app.command("list")
 def study_list(storage: Optional[str] = STORAGE) -> None:
     """All studies in the storage: scale, trials by state, best value."""
-    from mt_tune.search.storage import mask_url, resolve_url
+    from mt_tune.search.urls import mask_url, resolve_url
     from mt_tune.search.study import list_studies, studies_table
 
     out.print(studies_table(list_studies(storage), mask_url(resolve_url(storage))))
@@ -329,7 +329,7 @@ def study_delete(
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
 ) -> None:
     """Delete a study and all its trials from the storage (checkpoints on disk are kept)."""
-    from mt_tune.search.storage import mask_url, resolve_url
+    from mt_tune.search.urls import mask_url, resolve_url
     from mt_tune.search.study import delete_study, load_study
 
     where = mask_url(resolve_url(storage))

@@ -22,7 +22,8 @@ from rich.text import Text
 from mt_tune.config import format_scale
 from mt_tune.errors import UserError
 from mt_tune.search.spec import StudySpec, spec_from_study
-from mt_tune.search.storage import mask_url, open_storage, resolve_url
+from mt_tune.search.storage import open_storage
+from mt_tune.search.urls import mask_url, resolve_url
 
 STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
 

@@ -27,7 +27,9 @@ from mt_tune.search.objective import Objective, error_line
 from mt_tune.search.pruners import build_pruner
 from mt_tune.search.samplers import STREAM_ENV, build_sampler
 from mt_tune.search.spec import spec_from_study
-from mt_tune.search.storage import heartbeat_settings, mask_url, open_storage, recover_orphaned_trials, resolve_url
+from mt_tune.search.resilience import heartbeat_settings, recover_orphaned_trials
+from mt_tune.search.storage import open_storage
+from mt_tune.search.urls import mask_url, resolve_url
 from mt_tune.search.study import load_study
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)

@@ -32,7 +32,8 @@ from typing import Any
 
 from mt_tune.errors import UserError
 from mt_tune.search.samplers import STREAM_ENV
-from mt_tune.search.storage import ENV_VAR, close_storages, mask_url, resolve_url
+from mt_tune.search.storage import close_storages
+from mt_tune.search.urls import ENV_VAR, mask_url, resolve_url
 
 SUMMARY_MARK = "mt-tune-worker-summary "
 EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
