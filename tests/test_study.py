@@ -51,9 +51,9 @@ def sqlite_url(tmp_path) -> str:
 
 def test_config_spec_and_study_modules_import_without_torch():
     # Everything a study command needs is torch-free; only training imports torch.
-    modules = ["mt_tune.config", "mt_tune.search.spec", "mt_tune.search.study", "mt_tune.search.storage", "mt_tune.search.urls",
-               "mt_tune.search.transfer", "mt_tune.search.promote", "mt_tune.search.export", "mt_tune.search.report",
-               "mt_tune.search.workers", "mt_tune.cli"]
+    modules = ["mt_tune.config", "mt_tune.search.spec", "mt_tune.search.space", "mt_tune.search.study",
+               "mt_tune.search.storage", "mt_tune.search.urls", "mt_tune.search.transfer", "mt_tune.search.promote",
+               "mt_tune.search.export", "mt_tune.search.report", "mt_tune.search.workers", "mt_tune.cli"]
     code = f"import sys; import {', '.join(modules)}; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
