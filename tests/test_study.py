@@ -17,7 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cli_run import cli as run_cli
-from test_workers import data_cache, env_for, tiny_spec  # noqa: F401 (data_cache: a fixture)
+from test_launcher import data_cache, env_for, tiny_spec  # noqa: F401 (data_cache: a fixture)
 
 from mt_tune.cli import app
 from mt_tune.errors import ConfigError, UserError
@@ -53,7 +53,7 @@ def test_config_spec_and_study_modules_import_without_torch():
     # Everything a study command needs is torch-free; only training imports torch.
     modules = ["mt_tune.config", "mt_tune.search.spec", "mt_tune.search.space", "mt_tune.search.study",
                "mt_tune.search.storage", "mt_tune.search.urls", "mt_tune.search.transfer", "mt_tune.search.promote",
-               "mt_tune.search.export", "mt_tune.search.report", "mt_tune.search.workers", "mt_tune.cli"]
+               "mt_tune.search.export", "mt_tune.search.report", "mt_tune.cli"]
     code = f"import sys; import {', '.join(modules)}; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

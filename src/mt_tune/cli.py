@@ -349,9 +349,11 @@ def worker(
     device: str = typer.Option("auto", "--device", help="auto (the spec's train.device), cpu, cuda or cuda:N"),
     artifacts: Path = typer.Option(Path("mt-tune-artifacts"), "--artifacts",
                                    help="checkpoints go to ARTIFACTS/<study>/<trial>/ (share it between machines)"),
-    devices: Optional[str] = typer.Option(None, "--devices", help="one worker process per device: cpu, all (every "
-                                          "visible GPU) or GPU indices like 0,1,2,3 [default: one process, --device]"),
-    processes: int = typer.Option(1, "--processes", help="worker processes per device (e.g. --devices cpu --processes 4)"),
+    devices: Optional[str] = typer.Option(None, "--devices", help="one worker process per device, as in mt-tune train: "
+                                          "cpu, cpu:N (N processes), cuda, all (every visible GPU) or GPU indices "
+                                          "like 0,1,2,3 [default: one process, --device]"),
+    processes: Optional[int] = typer.Option(None, "--processes", help="worker processes per device, e.g. --devices "
+                                            "0,1 --processes 2 (on the CPU, --devices cpu:N says it) [default: 1]"),
     max_consecutive_failures: Optional[int] = typer.Option(
         None, "--max-consecutive-failures", help="stop (exit 1) after this many FAIL trials in a row "
         "[default: the spec's budget.max_consecutive_failures, 3]"),
@@ -361,12 +363,12 @@ def worker(
     """Run the study's trials on this machine until its total budget (or --n-trials) is reached.
 
     Ctrl-C / SIGTERM: running trials are recorded as interrupted and re-queued to resume from their last checkpoint; then the workers exit."""
-    from mt_tune.search.workers import EXIT_INTERRUPTED, launch_workers, run_this_process
+    from mt_tune.search.launcher import EXIT_INTERRUPTED, launch_workers, run_this_process
 
     def log(line: str) -> None:
         out.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    if devices is None and processes == 1:
+    if devices is None and processes in (None, 1):
         status, _ = run_this_process(name, storage, n_trials=n_trials, device=device, artifacts=str(artifacts), log=log,
                                      max_consecutive_failures=max_consecutive_failures, seed_exact=seed_exact)
         raise typer.Exit(status)

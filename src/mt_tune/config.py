@@ -69,6 +69,9 @@ def format_scale(n: int | None) -> str:
 
 # --- the sections -------------------------------------------------------------------------
 
+# One device, as train.device and `mt-tune worker --device` take it (several: distributed.parse_devices).
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
 
 @dataclass
 class DataConfig:
@@ -198,7 +201,7 @@ class TrainConfig:
     log_every: int = opt(50, "log training loss every this many updates")
 
     def validate(self, where: str) -> None:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+        if not DEVICE_PATTERN.fullmatch(self.device):
             raise ConfigError(f"{where}.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         _positive(self, where, "lr", "max_steps", "max_tokens", "accum_steps", "eval_every", "log_every",
                   "eval_beam")
