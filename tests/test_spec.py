@@ -278,3 +278,11 @@ def test_search_start_can_be_overridden(tmp_path):
     # narrowing the space below an entry is an error naming it, not a silent change
     with pytest.raises(ConfigError, match=r"s.yaml: search_start\[0\].model.d_model: 128 is not one of the choices 64"):
         load_spec(path, ["search.model.d_model={type: categorical, choices: [64]}", "search.model.n_heads=null"])
+
+
+def test_a_training_config_given_as_a_spec_is_named_as_such():
+    baseline = REPO / "studies" / "baseline.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_spec(baseline)
+    assert str(err.value) == (f"{baseline} is a training config (no search: section); a study spec needs a "
+                              f"search: section — see studies/demo.yaml")

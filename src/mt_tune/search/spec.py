@@ -279,12 +279,21 @@ def _check_spec(spec: StudySpec, check_files: bool) -> None:
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec:
     """Read a spec YAML, apply overrides, validate everything; ConfigError names file and key."""
     raw = read_yaml(path)
+    if _is_training_config(raw):
+        raise ConfigError(f"{path} is a training config (no search: section); a study spec needs a search: "
+                          f"section — see studies/demo.yaml")
     try:
         rest = split_search_overrides(raw, overrides or [])
         apply_overrides(raw, rest)
         return build_spec(raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def _is_training_config(raw: dict) -> bool:
+    """Sections of a training config (what `mt-tune train` reads, `study export` writes) and
+    nothing of a study spec: given where a spec is expected, it would fail on a missing name."""
+    return bool(set(raw) & set(SECTIONS)) and set(raw) <= {*SECTIONS, "provenance"}
 
 
 def spec_from_study(study: Any) -> StudySpec:
