@@ -3,7 +3,8 @@
 Every section is a dataclass whose fields carry their help text and, where the set is closed,
 their valid choices (`metadata={"help": ..., "choices": [...]}`): one source for validation,
 error messages and docs. A training config is three sections, `data`, `model` and `train`;
-a study spec (mt_tune.search.spec) reuses the same sections.
+a study spec (mt_tune.search.spec) reuses the same sections. ModelConfig is here, not beside
+the model it shapes (mt_tune.model), so that reading a config or a study needs no torch.
 """
 
 from __future__ import annotations
@@ -69,8 +70,7 @@ def format_scale(n: int | None) -> str:
 
 # --- the sections -------------------------------------------------------------------------
 
-# One device, as train.device and `mt-tune worker --device` take it (several: distributed.parse_devices).
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")  # train.device, worker --device; --devices: distributed
 
 
 @dataclass
@@ -127,8 +127,6 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The Transformer's shape (mt_tune.model builds it); here so that reading a config needs no torch."""
-
     d_model: int = opt(256, "width of the model (embedding and residual stream)")
     n_heads: int = opt(4, "attention heads; must divide d_model")
     enc_layers: int = opt(3, "encoder layers")
@@ -147,9 +145,7 @@ class ModelConfig:
     tgt_vocab_size: int = opt(0, "target vocabulary size (0: taken from the tokenizer)")
 
     def validate(self, where: str) -> None:
-        for name in ("d_model", "n_heads", "enc_layers", "dec_layers", "ffn_dim", "max_positions"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{where}.{name}: must be > 0, got {getattr(self, name)}")
+        _positive(self, where, "d_model", "n_heads", "enc_layers", "dec_layers", "ffn_dim", "max_positions")
         if self.d_model % self.n_heads:
             raise ConfigError(f"{where}.n_heads: {self.n_heads} does not divide {where}.d_model ({self.d_model})")
         for name in ("dropout", "attn_dropout", "act_dropout"):

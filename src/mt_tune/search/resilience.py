@@ -1,11 +1,9 @@
 """Riding out a database that drops connections, and trials that nobody runs any more.
 
 with_retry retries a call while it fails with a transient error; ResilientStorage puts every
-call of an RDB storage through it and writes mt-tune's heartbeats. A retry may repeat a call
-that committed and lost only its reply: each call is a read or an upsert, or is made safe to
-repeat here, except taking a queued trial (see ResilientStorage); recover_orphaned_trials fails
-and re-queues the RUNNING trials that gave no sign of life for the grace period, that one
-included. Public Optuna API only.
+call of an RDB storage through it, made safe to repeat except taking a queued trial, and writes
+mt-tune's heartbeats; recover_orphaned_trials fails and re-queues the RUNNING trials that gave
+no sign of life for the grace period. Public Optuna API only.
 """
 
 from __future__ import annotations
@@ -138,8 +136,7 @@ class ResilientStorage(optuna.storages.BaseStorage):
     methods below. It asks the RDBStorage only through its public methods.
 
     A retry after a transient error may follow an attempt that committed and lost only its
-    reply. Reads and upserts (attributes, parameters, intermediate values) come out the same;
-    the others are handled one by one:
+    reply. Reads and upserts (attributes, parameters, intermediate values) come out the same; the rest:
 
     - create_new_trial tags the trial with a fresh token; a retry first looks for a trial
       holding it and returns that one instead of creating a second.

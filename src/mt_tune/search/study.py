@@ -204,8 +204,8 @@ STATE_HEADERS = {"COMPLETE": "done", "PRUNED": "pruned", "RUNNING": "running", "
 
 def studies_table(rows: list[dict], storage: str) -> Table:
     table = narrow_table(f"studies in {storage}", [("study", "left"), ("scale", "right"), ("metric", "left"),
-                                             *((STATE_HEADERS[s], "right") for s in STATES), ("best", "right"),
-                                             ("trial", "right")])
+                                                  *((STATE_HEADERS[s], "right") for s in STATES),
+                                                  ("best", "right"), ("trial", "right")])
     for r in rows:
         table.add_row(r["name"], r["scale"], f"{r['metric']} ({'max' if r['direction'] == 'maximize' else 'min'})",
                       *(str(r["states"][s]) for s in STATES), _fmt(r["best_value"]), _fmt(r["best_trial"]))
@@ -218,14 +218,16 @@ def study_view(info: dict) -> Group:
                 f"trials by state: {', '.join(f'{k.lower()} {v}' for k, v in info['states'].items() if v)}\n"
                 f"finished trials by stop reason: "
                 f"{', '.join(f'{k} {v}' for k, v in sorted(info['stop_reasons'].items())) or '-'}")
-    best = narrow_table(f"best trials by {info['metric']}", [("trial", "right"), ("value", "right"), ("best step", "right"),
-                                                        ("stop reason", "left"), ("params", "left")])
+    best = narrow_table(f"best trials by {info['metric']}", [("trial", "right"), ("value", "right"),
+                                                             ("best step", "right"), ("stop reason", "left"),
+                                                             ("params", "left")])
     for r in info["best"]:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in r["params"].items())
         best.add_row(str(r["number"]), _fmt(r["value"]), _fmt(r["best_step"]), _fmt(r["stop_reason"]), params)
     trials = narrow_table(f"trials ({info['metric']})", [("trial", "right"), ("state", "left"), ("value", "right"),
-                                                  ("stop reason", "left"), ("steps", "right"), ("tok/s", "right"),
-                                                  ("wall s", "right"), ("params M", "right")])
+                                                         ("stop reason", "left"), ("steps", "right"),
+                                                         ("tok/s", "right"), ("wall s", "right"),
+                                                         ("params M", "right")])
     for r in info["trials"]:
         trials.add_row(str(r["number"]), r["state"], _fmt(r["value"]), _fmt(r["stop_reason"]),
                        _fmt(r["steps"]), _fmt(round(r["tokens_per_s"]) if r["tokens_per_s"] else None),

@@ -151,8 +151,9 @@ def transfer_view(study_name: str, storage_url: str | None = None) -> Group | No
     transfer = transfer_report(load_study(study_name, storage_url))
     if transfer is None:
         return None
-    table = narrow_table(f"scale transfer from {transfer.source_study} ({transfer.source_scale} → {transfer.scale}), "
-                         f"by {transfer.metric}", [(col, "left" if col == "state" else "right") for col in TRANSFER_COLUMNS])
+    title = (f"scale transfer from {transfer.source_study} ({transfer.source_scale} → {transfer.scale}), "
+             f"by {transfer.metric}")
+    table = narrow_table(title, [(col, "left" if col == "state" else "right") for col in TRANSFER_COLUMNS])
     for row in format_transfer_table(transfer):
         table.add_row(*row)
     return Group(table, Text(transfer.reading))
