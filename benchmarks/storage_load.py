@@ -202,7 +202,8 @@ def measure_recovery(url: str, wait_s: float = 15.0) -> dict:
 def _measure_recovery(url: str, wait_s: float) -> dict:
     import optuna
 
-    from mt_tune.search.storage import close_storages, open_storage, recover_orphaned_trials
+    from mt_tune.search.resilience import recover_orphaned_trials
+    from mt_tune.search.storage import close_storages, open_storage
 
     _quiet_optuna()
     study_name = f"recovery-{uuid.uuid4().hex[:8]}"
@@ -257,7 +258,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="report + should_prune calls per trial")
     args = parser.parse_args()
 
-    from mt_tune.search.storage import mask_url
+    from mt_tune.search.urls import mask_url
 
     stop_server = None
     url = args.postgres

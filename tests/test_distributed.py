@@ -46,7 +46,7 @@ def test_device_specs():
         with pytest.raises(UserError, match="--devices"):
             parse_devices(bad)
     if not torch.cuda.is_available():
-        with pytest.raises(UserError, match="no CUDA device"):
+        with pytest.raises(UserError, match="no CUDA GPU is visible"):
             parse_devices("all")
         with pytest.raises(UserError, match="no GPU 0"):
             parse_devices("0")

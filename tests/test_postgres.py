@@ -6,7 +6,8 @@ import optuna
 import pytest
 import sqlalchemy
 
-from mt_tune.search.storage import mask_url, open_storage
+from mt_tune.search.storage import open_storage
+from mt_tune.search.urls import mask_url
 
 
 def test_fixture_url_is_a_reachable_psycopg_database(postgres_url):

@@ -51,47 +51,15 @@ def error_of(raw: dict) -> str:
     # unknown keys, with a did-you-mean
     (lambda r: r.update(metirc="bleu"), "metirc: unknown key (did you mean 'metric'?)"),
     (lambda r: r["model"].update(d_modle=64), "model.d_modle: unknown key (did you mean 'd_model'?)"),
-    (lambda r: r["search"]["train.lr"].update(hgih=1), "search.train.lr.hgih: unknown key (did you mean 'high'?)"),
     (lambda r: r.update(sampler={"type": "tpe", "sed": 1}), "sampler.sed: unknown key (did you mean 'seed'?)"),
     (lambda r: r.update(stopping={"patiense": 2}), "stopping.patiense: unknown key (did you mean 'patience'?)"),
     (lambda r: r.update(pruner={"type": "medain"}), "pruner.type: 'medain' is not one of"),
     # wrong types
     (lambda r: r["train"].update(max_steps="many"), "train.max_steps: expected an integer"),
-    (lambda r: r["search"]["train.lr"].update(low="tiny"), "search.train.lr.low: expected a number"),
-    (lambda r: r["search"]["train.lr"].update(type="flaot"), "search.train.lr.type: 'flaot' is not one of float, int, "
-                                                              "categorical (did you mean 'float'?)"),
-    (lambda r: r["search"].update({"model.enc_layers": {"type": "float", "low": 1, "high": 3}}),
-     "search.model.enc_layers.type: model.enc_layers takes int values"),
-    (lambda r: r["search"].update({"model.enc_layers": {"type": "int", "low": 1.5, "high": 3}}),
-     "search.model.enc_layers.low: an int dimension needs integers"),
-    (lambda r: r["search"].update({"model.norm": {"type": "categorical", "choices": ["pre", "middle"]}}),
-     "search.model.norm.choices[1]: 'middle' is not one of pre, post"),
     (lambda r: r.update(budget={"trials": "ten"}), "budget.trials: expected an integer"),
-    (lambda r: r.update(search=[1, 2]), "search: expected a mapping"),
-    # ranges
-    (lambda r: r["search"]["train.lr"].update(low=3e-3), "search.train.lr: low (0.003) must be below high (0.002)"),
-    (lambda r: r["search"]["train.lr"].update(low=0.0), "search.train.lr.low: log: true needs low > 0"),
-    (lambda r: r["search"].update({"model.dropout": {"type": "float", "low": 0.1, "high": 1.5}}),
-     "search.model.dropout: value 1.5 is not valid: model.dropout: must be in [0, 1)"),
-    (lambda r: r["search"].update({"model.d_model": {"type": "categorical", "choices": []}}),
-     "search.model.d_model.choices: empty"),
-    # paths that name no field, or fields the study itself sets
-    (lambda r: r["search"].update({"model.d_modle": {"type": "int", "low": 1, "high": 2}}),
-     "search.model.d_modle: 'model.d_modle' names no config field (did you mean 'd_model'?)"),
-    (lambda r: r["search"].update({"optim.lr": {"type": "int", "low": 1, "high": 2}}),
-     "search.optim.lr: 'optim.lr' names no config field"),
-    (lambda r: r["search"].update({"data.scale": {"type": "categorical", "choices": ["1k", "10k"]}}),
-     "search.data.scale: cannot be searched"),
-    # conditions
-    (lambda r: r["search"]["model.n_heads"].update(when={"model.d_modl": 128}),
-     "search.model.n_heads.when.model.d_modl: 'model.d_modl' names no config field"),
-    (lambda r: r["search"]["train.lr"].update(when={"model.enc_layers": 2}),
-     "search.train.lr.when.model.enc_layers: model.enc_layers is searched below train.lr"),
-    # heads that do not divide the width, for some combination
+    # the search space's own errors: tests/test_space.py; one shows it is checked with the spec
     (lambda r: r["search"]["model.n_heads"].update(choices=[4, 6]),
      "model.n_heads 6 does not divide model.d_model 128"),
-    (lambda r: (r["search"]["model.n_heads"].pop("when"), r["search"]["model.d_model"].update(choices=[64, 100])),
-     "model.n_heads 8 does not divide model.d_model 100"),
     (lambda r: r["model"].update(n_heads=3), "model.n_heads: 3 does not divide model.d_model (64)"),
     # metrics the spec cannot compute or compare
     (lambda r: r["train"].update(bleu_sentences=0), "metric: bleu is computed on train.bleu_sentences"),
@@ -117,20 +85,6 @@ def test_vocab_size_can_be_searched_with_a_per_character_metric():
     raw = spec_with(lambda r: (r.update(metric="val_loss_per_char"), r["search"].update(
         {"data.vocab_size": {"type": "categorical", "choices": [2000, 4000]}})))
     assert build_spec(raw).direction == "minimize"
-
-
-def test_conditional_dimension_is_sampled_only_when_its_condition_holds():
-    spec = build_spec(copy.deepcopy(BASE))
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    seen = set()
-    for _ in range(30):
-        params = spec.suggest(study.ask())
-        cfg = spec.run_config(params)
-        seen.add(cfg.model.d_model)
-        assert ("model.n_heads" in params) == (params["model.d_model"] == 128)
-        assert cfg.model.n_heads == params.get("model.n_heads", 2)  # else the fixed value
-        assert cfg.model.d_model % cfg.model.n_heads == 0
-    assert seen == {64, 128}
 
 
 def test_run_config_applies_budget_and_metric():
@@ -324,3 +278,11 @@ def test_search_start_can_be_overridden(tmp_path):
     # narrowing the space below an entry is an error naming it, not a silent change
     with pytest.raises(ConfigError, match=r"s.yaml: search_start\[0\].model.d_model: 128 is not one of the choices 64"):
         load_spec(path, ["search.model.d_model={type: categorical, choices: [64]}", "search.model.n_heads=null"])
+
+
+def test_a_training_config_given_as_a_spec_is_named_as_such():
+    baseline = REPO / "studies" / "baseline.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_spec(baseline)
+    assert str(err.value) == (f"{baseline} is a training config (no search: section); a study spec needs a "
+                              f"search: section — see studies/demo.yaml")

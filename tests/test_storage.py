@@ -19,14 +19,16 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from mt_tune.errors import UserError
+from mt_tune.search import resilience as rs
 from mt_tune.search import storage as st
+from mt_tune.search import urls
 
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch):
-    for name in (st.ENV_VAR, st.HEARTBEAT_ENV, st.GRACE_ENV, st.MAX_RETRY_ENV, st.RETRY_WINDOW_ENV):
+    for name in (urls.ENV_VAR, rs.HEARTBEAT_ENV, rs.GRACE_ENV, rs.MAX_RETRY_ENV, rs.RETRY_WINDOW_ENV):
         monkeypatch.delenv(name, raising=False)
     yield
     st.close_storages()
@@ -54,47 +56,11 @@ def wait_until(condition, timeout: float) -> None:
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "300", "NO_COLOR": "1", "TERM": "dumb"}
-    env.pop(st.ENV_VAR, None)
+    env.pop(urls.ENV_VAR, None)
     return subprocess.run([str(BIN / "mt-tune"), *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
 
 
-# --- URLs -----------------------------------------------------------------------------------
-
-
-def test_resolution_order_flag_then_environment_then_embedded_default(monkeypatch):
-    assert st.resolve_url() == "sqlite:///mt-tune.db"
-    monkeypatch.setenv(st.ENV_VAR, "postgresql+psycopg://env@db/x")
-    assert st.resolve_url() == "postgresql+psycopg://env@db/x"
-    assert st.resolve_url("sqlite:///flag.db") == "sqlite:///flag.db"
-
-
-@pytest.mark.parametrize("url, masked", [
-    ("postgresql+psycopg://u:secret@h:5432/db", "postgresql+psycopg://u:***@h:5432/db"),
-    ("postgresql://u:p@ss:w/rd@h/db", "postgresql://u:***@h/db"),  # "@", ":" and "/" in the password
-    ("postgresql://h/db?user=u&password=secret&sslmode=require", "postgresql://h/db?user=u&password=***&sslmode=require"),
-    ("postgresql+psycopg://u@h:5432/db", "postgresql+psycopg://u@h:5432/db"),
-    ("sqlite:///mt-tune.db", "sqlite:///mt-tune.db"),
-])
-def test_mask_url_hides_every_form_of_password(url, masked):
-    assert st.mask_url(url) == masked
-
-
-def test_postgresql_urls_use_psycopg_3():
-    assert st.normalize_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
-    assert st.normalize_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
-
-
-@pytest.mark.parametrize("url, message", [
-    ("mt-tune.db", "is not a URL; expected one of: sqlite:///"),
-    ("mysql://u:hunter2@h/db", "unknown scheme 'mysql'; expected one of"),
-    ("postgresql+psycopg2://u@h/db", r"unknown scheme 'postgresql\+psycopg2'"),
-    ("postgresql://u:hunter2@h:port/db", "cannot be parsed"),
-    ("sqlite://", "names no file"),
-])
-def test_bad_urls_are_user_errors_that_name_the_url_masked(url, message):
-    with pytest.raises(UserError, match=message) as err:
-        st.open_storage(url)
-    assert "hunter2" not in str(err.value)
+# --- opening a URL ---------------------------------------------------------------------------
 
 
 def test_bad_url_on_the_command_line_is_one_line_exit_2(tmp_path):
@@ -128,26 +94,26 @@ def test_wrong_database_is_a_user_error_without_retries(postgres_url):
 
 
 def test_heartbeat_settings_default_and_from_environment(monkeypatch):
-    assert st.heartbeat_settings() == (60, 180, 3)
-    monkeypatch.setenv(st.HEARTBEAT_ENV, "30")
-    assert st.heartbeat_settings() == (30, 90, 3)
-    monkeypatch.setenv(st.GRACE_ENV, "75")
-    monkeypatch.setenv(st.MAX_RETRY_ENV, "0")
-    assert st.heartbeat_settings() == (30, 75, 0)
-    monkeypatch.setenv(st.GRACE_ENV, "59")
+    assert rs.heartbeat_settings() == (60, 180, 3)
+    monkeypatch.setenv(rs.HEARTBEAT_ENV, "30")
+    assert rs.heartbeat_settings() == (30, 90, 3)
+    monkeypatch.setenv(rs.GRACE_ENV, "75")
+    monkeypatch.setenv(rs.MAX_RETRY_ENV, "0")
+    assert rs.heartbeat_settings() == (30, 75, 0)
+    monkeypatch.setenv(rs.GRACE_ENV, "59")
     with pytest.raises(UserError, match="MT_TUNE_HEARTBEAT_GRACE=59 is shorter than two heartbeat intervals"):
-        st.heartbeat_settings()
-    monkeypatch.setenv(st.HEARTBEAT_ENV, "soon")
+        rs.heartbeat_settings()
+    monkeypatch.setenv(rs.HEARTBEAT_ENV, "soon")
     with pytest.raises(UserError, match="MT_TUNE_HEARTBEAT_INTERVAL='soon' is not a whole number"):
-        st.heartbeat_settings()
+        rs.heartbeat_settings()
 
 
 def test_postgresql_storage_has_heartbeats_retries_and_a_small_checked_pool(fresh_postgres_url, monkeypatch):
-    monkeypatch.setenv(st.HEARTBEAT_ENV, "5")
-    monkeypatch.setenv(st.MAX_RETRY_ENV, "2")
+    monkeypatch.setenv(rs.HEARTBEAT_ENV, "5")
+    monkeypatch.setenv(rs.MAX_RETRY_ENV, "2")
     storage = st.open_storage(fresh_postgres_url)
     assert st.open_storage(fresh_postgres_url.replace("postgresql+psycopg", "postgresql")) is storage
-    assert isinstance(storage, st.ResilientStorage) and isinstance(storage.rdb, optuna.storages.RDBStorage)
+    assert isinstance(storage, rs.ResilientStorage) and isinstance(storage.rdb, optuna.storages.RDBStorage)
     assert (storage.heartbeat_interval, storage.grace_period, storage.max_retry) == (5, 15, 2)
     # Not an RDBStorage, so Optuna uses it as it is instead of wrapping it in its private cache
     study = optuna.create_study(study_name="as-is", storage=storage)
@@ -164,11 +130,11 @@ def test_workers_do_not_create_the_schema(fresh_postgres_url, tmp_path):
     assert not (tmp_path / "none.db").exists()  # no empty database file left behind
     st.open_storage(fresh_postgres_url, create_schema=True)
     st.close_storages()
-    assert isinstance(st.open_storage(fresh_postgres_url, create_schema=False), st.ResilientStorage)
+    assert isinstance(st.open_storage(fresh_postgres_url, create_schema=False), rs.ResilientStorage)
 
 
 def test_a_worker_process_uses_at_most_two_connections_and_returns_them(fresh_postgres_url, monkeypatch):
-    monkeypatch.setenv(st.HEARTBEAT_ENV, "1")
+    monkeypatch.setenv(rs.HEARTBEAT_ENV, "1")
     study = optuna.create_study(study_name="pool", storage=st.open_storage(fresh_postgres_url))
     seen = []
 
@@ -202,16 +168,16 @@ def refused_connection_error() -> sqlalchemy.exc.OperationalError:
 
 
 def test_transient_and_permanent_errors_are_told_apart(postgres_url):
-    assert st.is_transient(refused_connection_error())
+    assert rs.is_transient(refused_connection_error())
     wrapped = optuna.exceptions.StorageInternalError("commit failed")
     wrapped.__cause__ = refused_connection_error()
-    assert st.is_transient(wrapped)  # Optuna's wrapper around a driver error
+    assert rs.is_transient(wrapped)  # Optuna's wrapper around a driver error
     engine = sqlalchemy.create_engine(make_url(postgres_url).set(database="no_such_db"))
     with pytest.raises(sqlalchemy.exc.OperationalError) as missing_db:
         engine.connect()
     engine.dispose()
-    assert not st.is_transient(missing_db.value)
-    assert not st.is_transient(ValueError("a bug"))
+    assert not rs.is_transient(missing_db.value)
+    assert not rs.is_transient(ValueError("a bug"))
 
 
 def test_with_retry_backs_off_until_the_call_succeeds(caplog):
@@ -225,7 +191,7 @@ def test_with_retry_backs_off_until_the_call_succeeds(caplog):
         return x * 2
 
     with caplog.at_level(logging.WARNING, logger="mt_tune.storage"):
-        assert st.with_retry(flaky, 21) == 42
+        assert rs.with_retry(flaky, 21) == 42
     assert len(calls) == 3 and calls[2] - calls[1] > calls[1] - calls[0] > 0.1  # growing pauses
     assert "retry 2" in caplog.text
 
@@ -240,7 +206,7 @@ def test_with_retry_gives_up_after_its_window_and_never_retries_other_errors():
 
     start = time.monotonic()
     with pytest.raises(sqlalchemy.exc.OperationalError):
-        st.with_retry(down, retry_for=1.0)
+        rs.with_retry(down, retry_for=1.0)
     assert 1 < len(calls) <= 5 and time.monotonic() - start < 2
 
     def bug() -> None:
@@ -249,7 +215,7 @@ def test_with_retry_gives_up_after_its_window_and_never_retries_other_errors():
 
     calls.clear()
     with pytest.raises(KeyError):
-        st.with_retry(bug)
+        rs.with_retry(bug)
     assert len(calls) == 1
 
 
@@ -279,7 +245,7 @@ def test_finishing_a_trial_is_not_lost_when_the_reply_to_a_commit_is(fresh_postg
 def test_a_failed_heartbeat_is_logged_and_the_next_one_is_written(fresh_postgres_url, monkeypatch, caplog):
     """A heartbeat that cannot be written is skipped, not raised: the thread that writes them
     goes on, and the next beat lands once the server is back."""
-    monkeypatch.setenv(st.HEARTBEAT_ENV, "1")
+    monkeypatch.setenv(rs.HEARTBEAT_ENV, "1")
     storage = st.open_storage(fresh_postgres_url)
     study = optuna.create_study(study_name="beat", storage=storage)
     trial = study.ask()
@@ -288,7 +254,7 @@ def test_a_failed_heartbeat_is_logged_and_the_next_one_is_written(fresh_postgres
     down = [True]
 
     def server_down(self, trial_id, key, value):
-        if down[0] and key == st.HEARTBEAT_KEY:
+        if down[0] and key == rs.HEARTBEAT_KEY:
             raise error
         return write(self, trial_id, key, value)
 
@@ -296,9 +262,9 @@ def test_a_failed_heartbeat_is_logged_and_the_next_one_is_written(fresh_postgres
     with caplog.at_level(logging.WARNING, logger="mt_tune.storage"):
         wait_until(lambda: "not recorded" in caplog.text, 10)
     assert "heartbeat for trial id" in caplog.text and "ConnectionRefused" not in caplog.text.split("not recorded")[0][-5:]
-    before = study.trials[0].system_attrs[st.HEARTBEAT_KEY]
+    before = study.trials[0].system_attrs[rs.HEARTBEAT_KEY]
     down[0] = False
-    wait_until(lambda: study.trials[0].system_attrs[st.HEARTBEAT_KEY] > before, 10)
+    wait_until(lambda: study.trials[0].system_attrs[rs.HEARTBEAT_KEY] > before, 10)
     study.tell(trial, 1.0)
 
 
@@ -368,8 +334,8 @@ def test_a_queued_trial_taken_while_the_reply_is_lost_is_recovered_and_its_param
     retry answers "taken", Optuna moves on, and the trial is RUNNING with no heartbeat. After the
     grace period it is failed and queued again with its params, and those params run; it does
     not count toward the budget."""
-    monkeypatch.setenv(st.HEARTBEAT_ENV, "1")
-    monkeypatch.setenv(st.GRACE_ENV, "2")
+    monkeypatch.setenv(rs.HEARTBEAT_ENV, "1")
+    monkeypatch.setenv(rs.GRACE_ENV, "2")
     study = optuna.create_study(study_name="lost-pop", storage=st.open_storage(fresh_postgres_url))
     study.enqueue_trial({"x": 0.25})
     lost = losing_the_first_reply(monkeypatch, "set_trial_state_values", when=lambda _id, state, *a: state == TrialState.RUNNING)
@@ -377,11 +343,11 @@ def test_a_queued_trial_taken_while_the_reply_is_lost_is_recovered_and_its_param
     assert lost and trial.number == 1  # not the queued trial
     study.tell(trial, 1.0)
     orphan = study.trials[0]
-    assert orphan.state == TrialState.RUNNING and st.HEARTBEAT_KEY not in orphan.system_attrs
-    assert st.recover_orphaned_trials(study) == []  # within the grace period: maybe alive
+    assert orphan.state == TrialState.RUNNING and rs.HEARTBEAT_KEY not in orphan.system_attrs
+    assert rs.recover_orphaned_trials(study) == []  # within the grace period: maybe alive
     time.sleep(2.5)
-    assert st.recover_orphaned_trials(study) == [0]
-    assert st.recover_orphaned_trials(study) == []  # once only
+    assert rs.recover_orphaned_trials(study) == [0]
+    assert rs.recover_orphaned_trials(study) == []  # once only
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
     states = [t.state for t in study.trials]
     assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE], states
@@ -396,27 +362,27 @@ def test_a_live_trial_beats_and_a_silent_one_is_recovered_once(fresh_postgres_ur
     """A trial beats while it runs (so it is never taken for dead), and stops when it
     finishes; a trial whose process stopped (its storage closed: no more beats) is failed
     after the grace period by another process, and queued once even if two processes sweep."""
-    monkeypatch.setenv(st.HEARTBEAT_ENV, "1")
-    monkeypatch.setenv(st.GRACE_ENV, "2")
+    monkeypatch.setenv(rs.HEARTBEAT_ENV, "1")
+    monkeypatch.setenv(rs.GRACE_ENV, "2")
     storage = st.open_storage(fresh_postgres_url)
     study = optuna.create_study(study_name="beats", storage=storage)
     alive, dead = study.ask(), study.ask()
-    dying = st.ResilientStorage(optuna.storages.RDBStorage(fresh_postgres_url), 1, 2, 3)
+    dying = rs.ResilientStorage(optuna.storages.RDBStorage(fresh_postgres_url), 1, 2, 3)
     silent = optuna.load_study(study_name="beats", storage=dying).ask()
     dying.close()  # its process is gone
-    first = study.trials[alive.number].system_attrs[st.HEARTBEAT_KEY]
+    first = study.trials[alive.number].system_attrs[rs.HEARTBEAT_KEY]
     time.sleep(3.2)
-    assert study.trials[alive.number].system_attrs[st.HEARTBEAT_KEY] > first + 1.5
+    assert study.trials[alive.number].system_attrs[rs.HEARTBEAT_KEY] > first + 1.5
     study.tell(dead, 0.0)
-    other = optuna.load_study(study_name="beats", storage=st.ResilientStorage(optuna.storages.RDBStorage(fresh_postgres_url), 1, 2, 3))
-    assert st.recover_orphaned_trials(other) == [silent.number]
-    assert st.recover_orphaned_trials(study) == []
+    other = optuna.load_study(study_name="beats", storage=rs.ResilientStorage(optuna.storages.RDBStorage(fresh_postgres_url), 1, 2, 3))
+    assert rs.recover_orphaned_trials(other) == [silent.number]
+    assert rs.recover_orphaned_trials(study) == []
     states = [t.state for t in study.trials]
     assert states == [TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING], states
     study.tell(alive, 1.0)
-    finished_beat = study.trials[alive.number].system_attrs[st.HEARTBEAT_KEY]
+    finished_beat = study.trials[alive.number].system_attrs[rs.HEARTBEAT_KEY]
     time.sleep(1.5)
-    assert study.trials[alive.number].system_attrs[st.HEARTBEAT_KEY] == finished_beat  # no beat after the end
+    assert study.trials[alive.number].system_attrs[rs.HEARTBEAT_KEY] == finished_beat  # no beat after the end
 
 
 # --- public API only -------------------------------------------------------------------------

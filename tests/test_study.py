@@ -17,7 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cli_run import cli as run_cli
-from test_workers import data_cache, env_for, tiny_spec  # noqa: F401 (data_cache: a fixture)
+from test_launcher import data_cache, env_for, tiny_spec  # noqa: F401 (data_cache: a fixture)
 
 from mt_tune.cli import app
 from mt_tune.errors import ConfigError, UserError
@@ -47,6 +47,17 @@ pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed
 @pytest.fixture
 def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path}/studies.db"
+
+
+def test_config_spec_and_study_modules_import_without_torch():
+    # Everything a study command needs is torch-free; only training imports torch.
+    modules = ["mt_tune.config", "mt_tune.search.spec", "mt_tune.search.space", "mt_tune.search.study",
+               "mt_tune.search.storage", "mt_tune.search.urls", "mt_tune.search.transfer", "mt_tune.search.promote",
+               "mt_tune.search.export", "mt_tune.search.report", "mt_tune.cli"]
+    code = f"import sys; import {', '.join(modules)}; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def spec_file(tmp_path: Path, change=None) -> Path:
@@ -334,3 +345,41 @@ def test_start_configurations_run_first_in_order_once_across_two_workers(tmp_pat
     assert [lrs.count(s["train.lr"]) for s in starts] == [1, 1, 1]  # once each
     ran = [len(re.findall(r"^trial +\d+ complete", out, re.M)) for out in outputs]
     assert min(ran) >= 1 and sum(ran) == 5, outputs  # both workers took part
+
+
+def test_a_training_config_is_refused_as_a_spec_by_what_it_is(tmp_path):
+    baseline = Path(__file__).resolve().parents[1] / "studies" / "baseline.yaml"
+    done = cli("study", "create", str(baseline), "--storage", "sqlite:///s.db", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"error: {baseline} is a training config (no search: section); a study spec "
+                                   f"needs a search: section — see studies/demo.yaml")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_study_tables_fit_80_columns_without_cutting_a_cell(tmp_path):
+    from rich.cells import cell_len
+
+    from mt_tune.search.promote import promote
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    raw = copy.deepcopy(SPEC)
+    raw["name"] = "a-study-with-a-long-name"
+    raw["search"].update({"train.warmup_steps": {"type": "int", "low": 50, "high": 400, "step": 50},
+                          "model.dropout": {"type": "float", "low": 0.0, "high": 0.4},
+                          "model.enc_layers": {"type": "int", "low": 1, "high": 4}})
+    study = create_study(build_spec(raw), storage_url=url)
+    for _ in range(3):
+        add_trials(study)
+    promote(study.study_name, "promoted", url, top_k=3, log=lambda _: None)
+    close_storages()
+    env = {**os.environ, "COLUMNS": "80", "TERM": "dumb"}  # piped: rich takes COLUMNS as the width
+    env.pop("MT_TUNE_STORAGE", None)
+    for args in (["list"], ["show", study.study_name], ["show", "promoted"]):
+        done = subprocess.run([str(BIN / "mt-tune"), "study", *args, "--storage", url], capture_output=True,
+                              text=True, timeout=120, cwd=tmp_path, env=env)
+        assert done.returncode == 0, done.stderr
+        assert "…" not in done.stdout, done.stdout
+        assert max(cell_len(line) for line in done.stdout.splitlines()) <= 80, done.stdout
+        for header in ("stop reason", "params", "tok/s", "source value") if args[0] == "show" else ("metric", "best"):
+            if header != "source value" or args[1] == "promoted":
+                assert header in done.stdout, (header, done.stdout)

@@ -291,7 +291,7 @@ def study_create(
 
     from mt_tune.config import format_scale
     from mt_tune.search.spec import load_spec
-    from mt_tune.search.storage import mask_url, resolve_url
+    from mt_tune.search.urls import mask_url, resolve_url
     from mt_tune.search.study import create_study
     from mt_tune.search.warmstart import add_start_from
 
@@ -322,7 +322,7 @@ def study_create(
 @study_app.command("list")
 def study_list(storage: Optional[str] = STORAGE) -> None:
     """All studies in the storage: scale, trials by state, best value."""
-    from mt_tune.search.storage import mask_url, resolve_url
+    from mt_tune.search.urls import mask_url, resolve_url
     from mt_tune.search.study import list_studies, studies_table
 
     out.print(studies_table(list_studies(storage), mask_url(resolve_url(storage))))
@@ -353,7 +353,7 @@ def study_delete(
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
 ) -> None:
     """Delete a study and all its trials from the storage (checkpoints on disk are kept)."""
-    from mt_tune.search.storage import mask_url, resolve_url
+    from mt_tune.search.urls import mask_url, resolve_url
     from mt_tune.search.study import delete_study, load_study
 
     where = mask_url(resolve_url(storage))
@@ -373,9 +373,11 @@ def worker(
     device: str = typer.Option("auto", "--device", help="auto (the spec's train.device), cpu, cuda or cuda:N"),
     artifacts: Path = typer.Option(Path("mt-tune-artifacts"), "--artifacts",
                                    help="checkpoints go to ARTIFACTS/<study>/<trial>/ (share it between machines)"),
-    devices: Optional[str] = typer.Option(None, "--devices", help="one worker process per device: cpu, all (every "
-                                          "visible GPU) or GPU indices like 0,1,2,3 [default: one process, --device]"),
-    processes: int = typer.Option(1, "--processes", help="worker processes per device (e.g. --devices cpu --processes 4)"),
+    devices: Optional[str] = typer.Option(None, "--devices", help="one worker process per device, as in mt-tune train: "
+                                          "cpu, cpu:N (N processes), cuda, all (every visible GPU) or GPU indices "
+                                          "like 0,1,2,3 [default: one process, --device]"),
+    processes: Optional[int] = typer.Option(None, "--processes", help="worker processes per device, e.g. --devices "
+                                            "0,1 --processes 2 (on the CPU, --devices cpu:N says it) [default: 1]"),
     max_consecutive_failures: Optional[int] = typer.Option(
         None, "--max-consecutive-failures", help="stop (exit 1) after this many FAIL trials in a row "
         "[default: the spec's budget.max_consecutive_failures, 3]"),
@@ -385,12 +387,12 @@ def worker(
     """Run the study's trials on this machine until its total budget (or --n-trials) is reached.
 
     Ctrl-C / SIGTERM: running trials are recorded as interrupted and re-queued to resume from their last checkpoint; then the workers exit."""
-    from mt_tune.search.workers import EXIT_INTERRUPTED, launch_workers, run_this_process
+    from mt_tune.search.launcher import EXIT_INTERRUPTED, launch_workers, run_this_process
 
     def log(line: str) -> None:
         out.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    if devices is None and processes == 1:
+    if devices is None and processes in (None, 1):
         status, _ = run_this_process(name, storage, n_trials=n_trials, device=device, artifacts=str(artifacts), log=log,
                                      max_consecutive_failures=max_consecutive_failures, seed_exact=seed_exact)
         raise typer.Exit(status)

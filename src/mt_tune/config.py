@@ -3,7 +3,8 @@
 Every section is a dataclass whose fields carry their help text and, where the set is closed,
 their valid choices (`metadata={"help": ..., "choices": [...]}`): one source for validation,
 error messages and docs. A training config is three sections, `data`, `model` and `train`;
-a study spec (mt_tune.search.spec) reuses the same sections.
+a study spec (mt_tune.search.spec) reuses the same sections. ModelConfig is here, not beside
+the model it shapes (mt_tune.model), so that reading a config or a study needs no torch.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any
 import yaml
 
 from mt_tune.errors import ConfigError
-from mt_tune.model import ModelConfig
 
 
 def opt(default: Any, help: str, choices: list | None = None, **kw: Any) -> Any:
@@ -69,6 +69,8 @@ def format_scale(n: int | None) -> str:
 
 
 # --- the sections -------------------------------------------------------------------------
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")  # train.device, worker --device; --devices: distributed
 
 
 @dataclass
@@ -124,6 +126,41 @@ class DataConfig:
 
 
 @dataclass
+class ModelConfig:
+    d_model: int = opt(256, "width of the model (embedding and residual stream)")
+    n_heads: int = opt(4, "attention heads; must divide d_model")
+    enc_layers: int = opt(3, "encoder layers")
+    dec_layers: int = opt(3, "decoder layers")
+    ffn_dim: int = opt(1024, "hidden width of the feed-forward blocks")
+    dropout: float = opt(0.1, "dropout on embeddings and residual branches")
+    attn_dropout: float = opt(0.0, "dropout on attention weights")
+    act_dropout: float = opt(0.0, "dropout after the feed-forward activation")
+    norm: str = opt("pre", "layer norm placement", ["pre", "post"])
+    positions: str = opt("sinusoidal", "position encoding", ["sinusoidal", "learned"])
+    max_positions: int = opt(512, "longest sequence (in tokens) the model accepts")
+    share_embeddings: bool = opt(True, "one embedding table for source and target (needs a joint vocab)")
+    tie_output: bool = opt(True, "output projection shares the target embedding weights")
+    grad_checkpointing: bool = opt(False, "recompute each layer's activations in backward to save memory")
+    src_vocab_size: int = opt(0, "source vocabulary size (0: taken from the tokenizer)")
+    tgt_vocab_size: int = opt(0, "target vocabulary size (0: taken from the tokenizer)")
+
+    def validate(self, where: str) -> None:
+        _positive(self, where, "d_model", "n_heads", "enc_layers", "dec_layers", "ffn_dim", "max_positions")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"{where}.n_heads: {self.n_heads} does not divide {where}.d_model ({self.d_model})")
+        for name in ("dropout", "attn_dropout", "act_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name}: must be in [0, 1), got {getattr(self, name)}")
+        for name in ("src_vocab_size", "tgt_vocab_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{where}.{name}: must be >= 0 (0: from the tokenizer), got {getattr(self, name)}")
+        if (self.share_embeddings and self.src_vocab_size and self.tgt_vocab_size
+                and self.src_vocab_size != self.tgt_vocab_size):
+            raise ConfigError(f"{where}.share_embeddings: needs src_vocab_size == tgt_vocab_size, "
+                              f"got {self.src_vocab_size} and {self.tgt_vocab_size}")
+
+
+@dataclass
 class TrainConfig:
     device: str = opt("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     amp: str = opt("auto", "mixed precision: auto is bf16 on GPUs that support it, fp16 with a "
@@ -160,7 +197,7 @@ class TrainConfig:
     log_every: int = opt(50, "log training loss every this many updates")
 
     def validate(self, where: str) -> None:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+        if not DEVICE_PATTERN.fullmatch(self.device):
             raise ConfigError(f"{where}.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         _positive(self, where, "lr", "max_steps", "max_tokens", "accum_steps", "eval_every", "log_every",
                   "eval_beam")
@@ -361,12 +398,3 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
         return build_run_config(raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-
-
-def describe(cls: type) -> list[tuple[str, str, Any, str]]:
-    """(name, type, default, help) of each field, for docs and `--help` text."""
-    out = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        out.append((f.name, str(f.type), default, f.metadata.get("help", "")))
-    return out

@@ -28,8 +28,13 @@ class DeviceSpec:
     gpu_ids: list[str]
 
 
-def parse_devices(spec: str) -> DeviceSpec:
-    """'cpu' | 'cpu:N' | 'cuda' | 'all' | '0,1,2' -> DeviceSpec; anything else is a UserError."""
+DEVICES_GRAMMAR = "cpu, cpu:N (N processes), cuda (GPU 0), all (every GPU) or GPU indices like 0,1,2"
+
+
+def parse_devices(spec: str, gpu_count: int | None = None) -> DeviceSpec:
+    """`--devices` of `mt-tune train` and `mt-tune worker`, one grammar for both:
+    'cpu' | 'cpu:N' | 'cuda' | 'all' | '0,1,2' -> DeviceSpec; anything else is a UserError.
+    gpu_count: GPUs on this machine (asked of torch when None)."""
     text = spec.strip().lower()
     if text == "cpu":
         return DeviceSpec("cpu", 1, [])
@@ -39,20 +44,20 @@ def parse_devices(spec: str) -> DeviceSpec:
             raise UserError(f"--devices {spec!r}: expected cpu:N with N >= 1 processes")
         return DeviceSpec("cpu", int(n), [])
     if text in ("all", "cuda"):
-        count = torch.cuda.device_count()
+        count = torch.cuda.device_count() if gpu_count is None else gpu_count
         if count == 0:
-            raise UserError(f"--devices {spec!r}: no CUDA device is available (use cpu or cpu:N)")
+            raise UserError(f"--devices {spec!r}: no CUDA GPU is visible on this machine (use cpu or cpu:N)")
         ids = [str(i) for i in range(count)] if text == "all" else ["0"]
         return DeviceSpec("cuda", len(ids), ids)
     ids = [part.strip() for part in text.split(",") if part.strip()]
     if not ids or not all(i.isdigit() for i in ids):
-        raise UserError(f"--devices {spec!r}: expected cpu, cpu:N, all, or GPU indices like 0,1,2")
+        raise UserError(f"--devices {spec!r}: expected {DEVICES_GRAMMAR}")
     if len(set(ids)) != len(ids):
         raise UserError(f"--devices {spec!r}: a GPU is listed twice")
-    count = torch.cuda.device_count()
+    count = torch.cuda.device_count() if gpu_count is None else gpu_count
     missing = [i for i in ids if int(i) >= count]
     if missing:
-        raise UserError(f"--devices {spec!r}: no GPU {', '.join(missing)} (this machine has {count})")
+        raise UserError(f"--devices {spec!r}: no GPU {', '.join(missing)} on this machine (it has {count})")
     return DeviceSpec("cuda", len(ids), ids)
 
 

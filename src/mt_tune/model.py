@@ -1,4 +1,4 @@
-"""The encoder-decoder Transformer and its ModelConfig (one file, nanoGPT-style).
+"""The encoder-decoder Transformer (one file, nanoGPT-style; its ModelConfig is in config.py).
 
 Shapes: B batch, S source length, T target length, D d_model, H heads, V vocabulary.
 Padding is the tokenizers' PAD_ID (data/vocab.py: every mt-tune sentencepiece model has pad=0).
@@ -23,58 +23,15 @@ Choices worth knowing:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-
-def _opt(default, help, choices=None):
-    meta = {"help": help}
-    if choices is not None:
-        meta["choices"] = list(choices)
-    return field(default=default, metadata=meta)
-
-
-@dataclass
-class ModelConfig:
-    d_model: int = _opt(256, "width of the model (embedding and residual stream)")
-    n_heads: int = _opt(4, "attention heads; must divide d_model")
-    enc_layers: int = _opt(3, "encoder layers")
-    dec_layers: int = _opt(3, "decoder layers")
-    ffn_dim: int = _opt(1024, "hidden width of the feed-forward blocks")
-    dropout: float = _opt(0.1, "dropout on embeddings and residual branches")
-    attn_dropout: float = _opt(0.0, "dropout on attention weights")
-    act_dropout: float = _opt(0.0, "dropout after the feed-forward activation")
-    norm: str = _opt("pre", "layer norm placement", ["pre", "post"])
-    positions: str = _opt("sinusoidal", "position encoding", ["sinusoidal", "learned"])
-    max_positions: int = _opt(512, "longest sequence (in tokens) the model accepts")
-    share_embeddings: bool = _opt(True, "one embedding table for source and target (needs a joint vocab)")
-    tie_output: bool = _opt(True, "output projection shares the target embedding weights")
-    grad_checkpointing: bool = _opt(False, "recompute each layer's activations in backward to save memory")
-    src_vocab_size: int = _opt(0, "source vocabulary size (0: taken from the tokenizer)")
-    tgt_vocab_size: int = _opt(0, "target vocabulary size (0: taken from the tokenizer)")
-
-    def validate(self, where: str) -> None:
-        from mt_tune.errors import ConfigError
-
-        for name in ("d_model", "n_heads", "enc_layers", "dec_layers", "ffn_dim", "max_positions"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{where}.{name}: must be > 0, got {getattr(self, name)}")
-        if self.d_model % self.n_heads:
-            raise ConfigError(f"{where}.n_heads: {self.n_heads} does not divide {where}.d_model ({self.d_model})")
-        for name in ("dropout", "attn_dropout", "act_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"{where}.{name}: must be in [0, 1), got {getattr(self, name)}")
-        for name in ("src_vocab_size", "tgt_vocab_size"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{where}.{name}: must be >= 0 (0: from the tokenizer), got {getattr(self, name)}")
-        if (self.share_embeddings and self.src_vocab_size and self.tgt_vocab_size
-                and self.src_vocab_size != self.tgt_vocab_size):
-            raise ConfigError(f"{where}.share_embeddings: needs src_vocab_size == tgt_vocab_size, "
-                              f"got {self.src_vocab_size} and {self.tgt_vocab_size}")
+from mt_tune.config import ModelConfig
+from mt_tune.data.vocab import PAD_ID
 
 
 def _dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -248,12 +205,7 @@ class Seq2SeqTransformer(nn.Module):
             raise ValueError("ModelConfig.src_vocab_size and tgt_vocab_size must be set (> 0) to build a model")
         if cfg.share_embeddings and cfg.src_vocab_size != cfg.tgt_vocab_size:
             raise ValueError("share_embeddings needs src_vocab_size == tgt_vocab_size")
-        # Imported here rather than at the top: mt_tune.data imports mt_tune.config, which
-        # imports ModelConfig from this module.
-        from mt_tune.data.vocab import PAD_ID
-
         self.cfg = cfg
-        self.pad_id = PAD_ID
         d = cfg.d_model
         self.embed_scale = math.sqrt(d)
         self.src_embed = nn.Embedding(cfg.src_vocab_size, d, padding_idx=PAD_ID)
@@ -316,7 +268,7 @@ class Seq2SeqTransformer(nn.Module):
 
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """src [B, S] -> (memory [B, S, D], src_mask [B, 1, 1, S] bool, True at real tokens)."""
-        src_mask = (src != self.pad_id)[:, None, None, :]
+        src_mask = (src != PAD_ID)[:, None, None, :]
         x = self._embed(src, self.src_embed, getattr(self, "src_pos", None))
         for layer in self.encoder:
             x = self._run_layer(layer, x, src_mask)

@@ -16,7 +16,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna_dashboard
 
 from mt_tune.errors import UserError
-from mt_tune.search.storage import mask_url, open_storage, resolve_url
+from mt_tune.search.storage import open_storage
+from mt_tune.search.urls import mask_url, resolve_url
 
 
 class _QuietHandler(WSGIRequestHandler):

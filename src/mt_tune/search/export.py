@@ -21,7 +21,7 @@ from mt_tune import __version__
 from mt_tune.config import build_run_config, format_scale, parse_scale, to_dict
 from mt_tune.errors import UserError
 from mt_tune.search.spec import spec_from_study
-from mt_tune.search.storage import mask_url, resolve_url
+from mt_tune.search.urls import mask_url, resolve_url
 from mt_tune.search.study import load_study
 
 

@@ -20,7 +20,8 @@ from mt_tune.config import format_scale, parse_scale
 from mt_tune.errors import UserError
 from mt_tune.search.notes import write_study_note
 from mt_tune.search.spec import StudySpec, spec_from_study
-from mt_tune.search.storage import mask_url, open_storage, resolve_url
+from mt_tune.search.storage import open_storage
+from mt_tune.search.urls import mask_url, resolve_url
 from mt_tune.search.study import create_study, load_study
 
 

@@ -23,7 +23,8 @@ from mt_tune import __version__
 from mt_tune.config import format_scale, to_dict
 from mt_tune.errors import UserError
 from mt_tune.search.spec import StudySpec, spec_from_study
-from mt_tune.search.storage import mask_url, open_storage, resolve_url
+from mt_tune.search.storage import open_storage
+from mt_tune.search.urls import mask_url, resolve_url
 from mt_tune.search.transfer import TRANSFER_COLUMNS, Transfer, format_transfer_table, transfer_report
 
 COMPLETE = optuna.trial.TrialState.COMPLETE

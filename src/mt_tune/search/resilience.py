@@ -1,9 +1,9 @@
 """Riding out a database that drops connections, and trials that nobody runs any more.
 
 with_retry retries a call while it fails with a transient error; ResilientStorage puts every
-call of an RDB storage through it, idempotently (a commit whose reply was lost is not made
-twice), and writes mt-tune's heartbeats; recover_orphaned_trials fails and re-queues the
-RUNNING trials that gave no sign of life for the grace period. Public Optuna API only.
+call of an RDB storage through it, made safe to repeat except taking a queued trial, and writes
+mt-tune's heartbeats; recover_orphaned_trials fails and re-queues the RUNNING trials that gave
+no sign of life for the grace period. Public Optuna API only.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def with_retry(fn: Callable[..., T], *args: Any, retry_for: float | None = None,
             log.warning(
                 "storage call %s failed (%s); retry %d in %.1f s",
                 getattr(fn, "__name__", "call"),
-                _one_line(e),
+                root_cause_line(e),
                 attempt,
                 delay,
             )
@@ -111,7 +111,7 @@ def with_retry(fn: Callable[..., T], *args: Any, retry_for: float | None = None,
         attempt += 1
 
 
-def _one_line(error: BaseException) -> str:
+def root_cause_line(error: BaseException) -> str:
     root: BaseException = error
     while root.__cause__ is not None:
         root = root.__cause__
@@ -136,7 +136,7 @@ class ResilientStorage(optuna.storages.BaseStorage):
     methods below. It asks the RDBStorage only through its public methods.
 
     A retry after a transient error may follow an attempt that committed and lost only its
-    reply, so every call is a read, an upsert, or made idempotent here:
+    reply. Reads and upserts (attributes, parameters, intermediate values) come out the same; the rest:
 
     - create_new_trial tags the trial with a fresh token; a retry first looks for a trial
       holding it and returns that one instead of creating a second.
@@ -223,7 +223,7 @@ class ResilientStorage(optuna.storages.BaseStorage):
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                         distribution: optuna.distributions.BaseDistribution) -> None:
-        # Idempotent: Optuna ignores the duplicate row that a retry after a commit would add.
+        # Safe to repeat: Optuna ignores the duplicate row (unique per trial and name) a retry would add.
         with_retry(self.rdb.set_trial_param, trial_id, param_name, param_value_internal, distribution)
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
@@ -299,7 +299,7 @@ class ResilientStorage(optuna.storages.BaseStorage):
             with self._beat_lock:
                 self._beating.discard(trial_id)
         except Exception as e:  # noqa: BLE001 - the next beat tries again; see the class docstring
-            log.warning("heartbeat for trial id %d not recorded: %s", trial_id, _one_line(e))
+            log.warning("heartbeat for trial id %d not recorded: %s", trial_id, root_cause_line(e))
 
     def close(self) -> None:
         """Stop the heartbeats and return every connection to the server."""

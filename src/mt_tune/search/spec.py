@@ -39,7 +39,7 @@ from mt_tune.config import (
     read_yaml,
 )
 from mt_tune.errors import ConfigError
-from mt_tune.search.dimensions import Dimension, parse_dimension
+from mt_tune.search.space import Dimension, check_space, parse_space, possible_values, sample, split_search_overrides
 from mt_tune.search.warmstart import parse_search_start
 
 # metric -> the direction that makes it better
@@ -161,11 +161,7 @@ class StudySpec:
 
     def suggest(self, trial: Any) -> dict:
         """Sample this trial's parameters; a conditional dimension only where its condition holds."""
-        params: dict[str, Any] = {}
-        for dim in self.search:
-            if all(params.get(p, self.fixed(p)) in vals for p, vals in dim.when.items()):
-                params[dim.path] = dim.suggest(trial)
-        return params
+        return sample(self.search, trial, self.fixed)
 
     def run_config(self, params: dict | None = None) -> RunConfig:
         """Fixed values + sampled params + budget limits -> a validated RunConfig."""
@@ -223,13 +219,7 @@ def build_spec(raw: Any, check_files: bool = True) -> StudySpec:
             raise ConfigError(f"{section}: expected a mapping of settings, got {value!r}")
         sections[section] = value
 
-    search_raw = raw.get("search") or {}
-    if not isinstance(search_raw, dict):
-        raise ConfigError(f"search: expected a mapping of field path -> distribution, got {search_raw!r}")
-    paths = [str(p) for p in search_raw]
-    search: list[Dimension] = []
-    for i, (path, dim_raw) in enumerate(search_raw.items()):
-        search.append(parse_dimension(path, dim_raw, paths[:i], paths[i + 1:]))
+    search = parse_space(raw.get("search"))
 
     metric = raw.get("metric", "bleu")
     if metric not in METRICS:
@@ -260,14 +250,12 @@ def build_spec(raw: Any, check_files: bool = True) -> StudySpec:
 
 def _check_spec(spec: StudySpec, check_files: bool) -> None:
     # Checked first: run_config() sets train.keep_best_by to the metric, whose own check is vaguer.
-    if spec.metric in TRANSLATION_METRICS and 0 in _possible_values(spec, "train.bleu_sentences"):
+    if spec.metric in TRANSLATION_METRICS and 0 in possible_values(spec.search, "train.bleu_sentences", spec.fixed):
         raise ConfigError(f"metric: {spec.metric} is computed on train.bleu_sentences validation sentences at "
                           f"each evaluation; set train.bleu_sentences > 0")
     # The fixed values alone must make a valid run (this also checks every key and type).
     spec.run_config({})
-    for dim in spec.search:
-        _check_values(spec, dim)
-    _check_heads_divide_width(spec)
+    check_space(spec.search, {"data": spec.data, "model": spec.model, "train": spec.train}, spec.fixed)
 
     if spec.stopping.divergence_on == "metric" and spec.translation_metric is None:
         raise ConfigError("stopping.divergence_on: metric needs a translation metric; set train.bleu_sentences > 0")
@@ -288,98 +276,24 @@ def _check_spec(spec: StudySpec, check_files: bool) -> None:
                     raise ConfigError(f"data.{key}[{i}]: {f}: no such file")
 
 
-def _possible_values(spec: StudySpec, path: str) -> list:
-    """Values a field can take in some trial: the sampled ones, plus the fixed one unless always sampled."""
-    for dim in spec.search:
-        if dim.path == path:
-            return dim.values() + ([spec.fixed(path)] if dim.when else [])
-    return [spec.fixed(path)]
-
-
-def _check_values(spec: StudySpec, dim: Dimension) -> None:
-    """Each value a dimension can take must be valid for its field on its own."""
-    section, _, name = dim.path.partition(".")
-    base = copy.deepcopy(getattr(spec, section))
-    for value in dim.values(limit=64):
-        raw = dict(base, **{name: value})
-        if section == "model":
-            # Heads dividing the width is checked over all combinations below; here each value
-            # is checked on its own, paired with a width/heads that always fits.
-            if name == "n_heads":
-                raw["d_model"] = int(value) * 8 if isinstance(value, int) and value > 0 else raw.get("d_model", 256)
-            elif name == "d_model":
-                raw["n_heads"] = 1
-        try:
-            build_section(SECTIONS[section], raw, section)
-        except ConfigError as e:
-            raise ConfigError(f"search.{dim.path}: value {value!r} is not valid: {e}") from None
-
-
-def _check_heads_divide_width(spec: StudySpec) -> None:
-    dims = {d.path: d for d in spec.search}
-    width, heads = dims.get("model.d_model"), dims.get("model.n_heads")
-    if width is None and heads is None:
-        return  # the fixed model section was validated already
-    for d in _possible_values(spec, "model.d_model"):
-        for h in _possible_heads(spec, heads, d):
-            if isinstance(d, (int, float)) and isinstance(h, (int, float)) and h > 0 and d % h:
-                raise ConfigError(f"search: model.n_heads {h} does not divide model.d_model {d}, a combination the "
-                                  f"search can sample; change the choices or add a condition (when:)")
-
-
-def _possible_heads(spec: StudySpec, heads: Dimension | None, d_model: Any) -> list:
-    fixed = [spec.fixed("model.n_heads")]
-    if heads is None:
-        return fixed
-    if not heads.when:
-        return heads.values()
-    if "model.d_model" in heads.when and d_model not in heads.when["model.d_model"]:
-        return fixed
-    if set(heads.when) == {"model.d_model"}:
-        return heads.values()
-    return heads.values() + fixed  # other conditions may or may not hold
-
-
-def _split_overrides(raw: dict, overrides: list[str]) -> list[str]:
-    """Apply `search.<section>.<field>[.<key>]=value` overrides (the path itself has a dot);
-    return the others for config.apply_overrides."""
-    rest = []
-    for item in overrides:
-        key, eq, text = item.partition("=")
-        parts = key.strip().split(".")
-        if not eq or parts[0] != "search" or len(parts) < 3:
-            rest.append(item)
-            continue
-        path, sub = ".".join(parts[1:3]), parts[3:]
-        value = apply_overrides({}, [f"v={text}"])["v"]
-        search = raw.setdefault("search", {})
-        if not isinstance(search, dict):
-            raise ConfigError(f"override {item!r}: search is not a mapping")
-        if not sub:
-            if value is None:
-                search.pop(path, None)  # search.train.lr=null removes a dimension
-            else:
-                search[path] = value
-            continue
-        node = search.setdefault(path, {})
-        if sub[0] == "when" and len(sub) > 1:
-            node.setdefault("when", {})[".".join(sub[1:])] = value
-        elif len(sub) == 1:
-            node[sub[0]] = value
-        else:
-            raise ConfigError(f"override {item!r}: expected search.section.field.key=value")
-    return rest
-
-
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec:
     """Read a spec YAML, apply overrides, validate everything; ConfigError names file and key."""
     raw = read_yaml(path)
+    if _is_training_config(raw):
+        raise ConfigError(f"{path} is a training config (no search: section); a study spec needs a search: "
+                          f"section — see studies/demo.yaml")
     try:
-        rest = _split_overrides(raw, overrides or [])
+        rest = split_search_overrides(raw, overrides or [])
         apply_overrides(raw, rest)
         return build_spec(raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def _is_training_config(raw: dict) -> bool:
+    """Sections of a training config (what `mt-tune train` reads, `study export` writes) and
+    nothing of a study spec: given where a spec is expected, it would fail on a missing name."""
+    return bool(set(raw) & set(SECTIONS)) and set(raw) <= {*SECTIONS, "provenance"}
 
 
 def spec_from_study(study: Any) -> StudySpec:

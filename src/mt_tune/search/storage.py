@@ -1,4 +1,4 @@
-"""Where studies live: resolve the storage URL, mask its password, open it once per process.
+"""Where studies live: open a storage URL once per process (the URLs themselves: urls.py).
 
 Three kinds of URL are understood:
 
@@ -13,10 +13,16 @@ Three kinds of URL are understood:
 
 An RDB storage is opened as a ResilientStorage (mt_tune.search.resilience): it records
 heartbeats, and a trial that gave no sign of life for the grace period is marked FAIL and
-re-queued by recover_orphaned_trials — the retry resumes from the dead trial's last checkpoint. Every database call is retried with back-off when the error
-is transient (connection dropped, server restarting, SQLite busy), so one failed report does
-not cost a trial its training; a call whose commit went through but whose reply was lost
-does not create a second trial (ResilientStorage). Only public Optuna API is used: the calls
+re-queued by recover_orphaned_trials — the retry resumes from the dead trial's last checkpoint.
+Every database call is retried with back-off while its error is transient (connection dropped,
+server restarting, SQLite busy), so one failed report does not cost a trial its training.
+A retry can repeat a call whose commit went through and only its reply was lost. Reads and
+upserts (attributes, parameters, intermediate values, heartbeats) come out the same; creating a
+trial carries a token, so the retry finds that trial instead of making a second; finishing a
+trial and creating or deleting a study take the first attempt's effect as success. Taking a
+queued trial is not made safe: its retry cannot tell its own commit from another worker's and
+answers "taken", and the trial, RUNNING with nobody beating for it, is failed and re-queued by
+recover_orphaned_trials after the grace period. Only public Optuna API is used: the calls
 come once per evaluation, seconds to minutes apart, so a few milliseconds saved by reaching
 into Optuna's internals are not worth breaking on its next release.
 """
@@ -24,40 +30,20 @@ into Optuna's internals are not worth breaking on its next release.
 from __future__ import annotations
 
 import logging
-import os
-import re
 import threading
 import time
 from pathlib import Path
 
 import optuna
-import sqlalchemy.exc
 from optuna.storages import RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from sqlalchemy.engine import make_url
 
 from mt_tune.errors import UserError
-from mt_tune.search.resilience import (  # noqa: F401 - the storage layer's interface, re-exported
-    CREATE_TOKEN_KEY,
-    GRACE_ENV,
-    HEARTBEAT_ENV,
-    HEARTBEAT_KEY,
-    MAX_RETRY_ENV,
-    RETRY_WINDOW_ENV,
-    ResilientStorage,
-    _one_line,
-    heartbeat_settings,
-    is_transient,
-    last_sign_of_life,
-    recover_orphaned_trials,
-    retry_window_s,
-    with_retry,
-)
+from mt_tune.search.resilience import ResilientStorage, heartbeat_settings, is_transient, root_cause_line
+from mt_tune.search.urls import mask_url, normalize_url, scrub
 
 log = logging.getLogger("mt_tune.storage")
-
-ENV_VAR = "MT_TUNE_STORAGE"
-DEFAULT_URL = "sqlite:///mt-tune.db"
 
 # Opening a storage retries a few times only: an unreachable server at start is more often a
 # wrong host or port than a restart, and the user should hear about it quickly.
@@ -78,72 +64,9 @@ POSTGRES_ENGINE_KWARGS = {
 # failing at once with "database is locked".
 SQLITE_ENGINE_KWARGS = {"connect_args": {"timeout": 60}}
 
-SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "journal")
-
 
 class StorageUnavailable(RuntimeError):
     """The storage server could not be reached after retries (a runtime failure: exit 1)."""
-
-
-# --- URLs ---------------------------------------------------------------------------------
-
-
-def resolve_url(cli_value: str | None = None) -> str:
-    """`--storage URL` > $MT_TUNE_STORAGE > the embedded default in the working directory."""
-    return cli_value or os.environ.get(ENV_VAR) or DEFAULT_URL
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, safe to print, log or store.
-
-    The user-info part ends at the last "@" before the host, so a password that itself
-    contains "@", ":" or "/" is hidden whole; `password=` query parameters are hidden too.
-    """
-    masked = url
-    scheme_end = masked.find("://")
-    if scheme_end >= 0:
-        rest = masked[scheme_end + 3 :]
-        at = rest.rfind("@")
-        if at >= 0 and ":" in rest[:at]:
-            user = rest[: rest.index(":")]
-            masked = f"{masked[: scheme_end + 3]}{user}:***{rest[at:]}"
-    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", masked)
-
-
-def _scrub(text: str, url: str) -> str:
-    """Text (an error message) with the URL's password removed, should a driver echo it."""
-    try:
-        password = make_url(url).password
-    except Exception:  # noqa: BLE001 - an unparsable URL has no password to find
-        password = None
-    return text.replace(str(password), "***") if password else text
-
-
-def normalize_url(url: str) -> str:
-    """The URL in the form mt-tune opens, or UserError naming what is wrong with it.
-
-    `postgresql://` becomes `postgresql+psycopg://` (the installed driver); other drivers
-    and other databases are refused with the list of schemes that work.
-    """
-    masked = mask_url(url)
-    if "://" not in url:
-        raise UserError(f"storage URL {masked!r} is not a URL; expected one of: {_scheme_examples()}")
-    try:
-        parsed = make_url(url)
-    except (sqlalchemy.exc.ArgumentError, ValueError) as e:
-        raise UserError(f"storage URL {masked!r} cannot be parsed ({_scrub(str(e), url)}); expected one of: {_scheme_examples()}") from None
-    scheme = parsed.drivername
-    if scheme not in SCHEMES:
-        raise UserError(f"storage URL {masked!r}: unknown scheme {scheme!r}; expected one of: {_scheme_examples()}")
-    if scheme in ("sqlite", "journal") and not parsed.database:
-        raise UserError(f"storage URL {masked!r} names no file; e.g. {scheme}:///mt-tune.{'db' if scheme == 'sqlite' else 'journal'}")
-    if scheme == "postgresql":
-        return "postgresql+psycopg" + url[len("postgresql") :]
-    return url
-
-
-def _scheme_examples() -> str:
-    return "sqlite:///mt-tune.db, postgresql+psycopg://USER:PASSWORD@HOST:5432/DB, journal:///mt-tune.journal"
 
 
 # --- opening ------------------------------------------------------------------------------
@@ -190,13 +113,13 @@ def _open(url: str, create_schema: bool) -> optuna.storages.BaseStorage:
             if _is_missing_schema_anywhere(e):
                 raise _no_studies(url) from None
             if not is_transient(e):
-                raise UserError(f"storage {mask_url(url)}: {_scrub(_one_line(e), url)}") from None
+                raise UserError(f"storage {mask_url(url)}: {scrub(root_cause_line(e), url)}") from None
             if attempt == OPEN_ATTEMPTS:
                 raise StorageUnavailable(
-                    f"storage {mask_url(url)} unreachable after {OPEN_ATTEMPTS} attempts: {_scrub(_one_line(e), url)}"
+                    f"storage {mask_url(url)} unreachable after {OPEN_ATTEMPTS} attempts: {scrub(root_cause_line(e), url)}"
                 ) from None
             # INFO, not WARNING: what the user sees of an unreachable server is one error line.
-            log.info("storage %s unreachable (%s); attempt %d of %d in %.1f s", mask_url(url), _scrub(_one_line(e), url), attempt + 1, OPEN_ATTEMPTS, delay)
+            log.info("storage %s unreachable (%s); attempt %d of %d in %.1f s", mask_url(url), scrub(root_cause_line(e), url), attempt + 1, OPEN_ATTEMPTS, delay)
             time.sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")

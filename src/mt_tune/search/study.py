@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -22,7 +23,8 @@ from rich.text import Text
 from mt_tune.config import format_scale
 from mt_tune.errors import UserError
 from mt_tune.search.spec import StudySpec, spec_from_study
-from mt_tune.search.storage import mask_url, open_storage, resolve_url
+from mt_tune.search.storage import open_storage
+from mt_tune.search.urls import mask_url, resolve_url
 
 STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
 
@@ -173,6 +175,9 @@ def _trial_row(t: FrozenTrial) -> dict:
 
 
 # --- tables for the CLI -------------------------------------------------------------------
+# Every table fits an 80-column terminal (and a pipe, which rich takes as 80 columns) with
+# typical values: short headers, no outer border. A longer value wraps (overflow fold), it is
+# never cut to "…".
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -183,10 +188,24 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def narrow_table(title: str, columns: list[tuple[str, str]]) -> Table:
+    """A table of `mt-tune study ...` output, whose cells wrap instead of being cut;
+    columns: (header, "left" | "right")."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    for header, justify in columns:
+        table.add_column(header, justify=justify, overflow="fold")
+    return table
+
+
+# State names as the study list shows them: Optuna's, with "complete" shortened so that five
+# counts fit beside the rest.
+STATE_HEADERS = {"COMPLETE": "done", "PRUNED": "pruned", "RUNNING": "running", "WAITING": "waiting", "FAIL": "fail"}
+
+
 def studies_table(rows: list[dict], storage: str) -> Table:
-    table = Table(title=f"studies in {storage}")
-    for col in ("name", "scale", "metric", *(s.lower() for s in STATES), "best value", "best trial"):
-        table.add_column(col, justify="left" if col in ("name", "metric") else "right")
+    table = narrow_table(f"studies in {storage}", [("study", "left"), ("scale", "right"), ("metric", "left"),
+                                                  *((STATE_HEADERS[s], "right") for s in STATES),
+                                                  ("best", "right"), ("trial", "right")])
     for r in rows:
         table.add_row(r["name"], r["scale"], f"{r['metric']} ({'max' if r['direction'] == 'maximize' else 'min'})",
                       *(str(r["states"][s]) for s in STATES), _fmt(r["best_value"]), _fmt(r["best_trial"]))
@@ -199,18 +218,19 @@ def study_view(info: dict) -> Group:
                 f"trials by state: {', '.join(f'{k.lower()} {v}' for k, v in info['states'].items() if v)}\n"
                 f"finished trials by stop reason: "
                 f"{', '.join(f'{k} {v}' for k, v in sorted(info['stop_reasons'].items())) or '-'}")
-    best = Table(title=f"best trials by {info['metric']}")
-    for col in ("trial", info["metric"], "best step", "stop reason", "params"):
-        best.add_column(col)
+    best = narrow_table(f"best trials by {info['metric']}", [("trial", "right"), ("value", "right"),
+                                                             ("best step", "right"), ("stop reason", "left"),
+                                                             ("params", "left")])
     for r in info["best"]:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in r["params"].items())
         best.add_row(str(r["number"]), _fmt(r["value"]), _fmt(r["best_step"]), _fmt(r["stop_reason"]), params)
-    trials = Table(title="trials")
-    for col in ("trial", "state", info["metric"], "stop reason", "steps", "tokens/s", "wall s", "params (M)"):
-        trials.add_column(col, justify="left" if col in ("state", "stop reason") else "right", no_wrap=True)
+    trials = narrow_table(f"trials ({info['metric']})", [("trial", "right"), ("state", "left"), ("value", "right"),
+                                                         ("stop reason", "left"), ("steps", "right"),
+                                                         ("tok/s", "right"), ("wall s", "right"),
+                                                         ("params M", "right")])
     for r in info["trials"]:
-        trials.add_row(str(r["number"]), r["state"], _fmt(r["value"]), _fmt(r["stop_reason"]), _fmt(r["steps"]),
-                       _fmt(round(r["tokens_per_s"]) if r["tokens_per_s"] else None),
+        trials.add_row(str(r["number"]), r["state"], _fmt(r["value"]), _fmt(r["stop_reason"]),
+                       _fmt(r["steps"]), _fmt(round(r["tokens_per_s"]) if r["tokens_per_s"] else None),
                        _fmt(round(r["wall_s"], 1) if r["wall_s"] is not None else None),
                        _fmt(r["n_params"] / 1e6 if r["n_params"] else None, 3))
     return Group(head, best, trials)

@@ -12,11 +12,9 @@ from dataclasses import asdict, dataclass
 
 import optuna
 from rich.console import Group
-from rich.table import Table
 from rich.text import Text
-from scipy import stats
 
-from mt_tune.search.study import load_study
+from mt_tune.search.study import load_study, narrow_table
 
 MIN_FINISHED = 3  # fewer finished promoted trials give no meaningful rank correlation
 
@@ -114,6 +112,10 @@ def transfer_report(study: optuna.Study) -> Transfer | None:
     finished = len(done)
     rho = tau = None
     if finished >= MIN_FINISHED:
+        # Imported here: scipy.stats takes seconds to import, and `study show` asks for this
+        # report on every study, promoted or not.
+        from scipy import stats
+
         ranked = [r for r in rows if r.rank is not None]
         src_ranks = [r.source_rank for r in ranked]
         dst_ranks = [r.rank for r in ranked]
@@ -149,10 +151,9 @@ def transfer_view(study_name: str, storage_url: str | None = None) -> Group | No
     transfer = transfer_report(load_study(study_name, storage_url))
     if transfer is None:
         return None
-    table = Table(title=f"scale transfer from {transfer.source_study} ({transfer.source_scale} → {transfer.scale}), "
-                        f"by {transfer.metric}")
-    for col in TRANSFER_COLUMNS:
-        table.add_column(col, justify="left" if col == "state" else "right")
+    title = (f"scale transfer from {transfer.source_study} ({transfer.source_scale} → {transfer.scale}), "
+             f"by {transfer.metric}")
+    table = narrow_table(title, [(col, "left" if col == "state" else "right") for col in TRANSFER_COLUMNS])
     for row in format_transfer_table(transfer):
         table.add_row(*row)
     return Group(table, Text(transfer.reading))

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from mt_tune.config import SECTIONS, _coerce, did_you_mean, load_run_config
 from mt_tune.errors import ConfigError
-from mt_tune.search.dimensions import NOT_SEARCHABLE, Dimension
+from mt_tune.search.space import NOT_SEARCHABLE, Dimension
 
 if TYPE_CHECKING:  # spec.py imports this module
     from mt_tune.search.spec import StudySpec

@@ -11,7 +11,6 @@ stop_reason=over_budget, without training.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import time
 import warnings
@@ -21,13 +20,16 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from mt_tune.config import DEVICE_PATTERN
 from mt_tune.errors import UserError
 from mt_tune.search.notes import write_study_note, write_trial_note
 from mt_tune.search.objective import Objective, error_line
 from mt_tune.search.pruners import build_pruner
 from mt_tune.search.samplers import STREAM_ENV, build_sampler
 from mt_tune.search.spec import spec_from_study
-from mt_tune.search.storage import heartbeat_settings, mask_url, open_storage, recover_orphaned_trials, resolve_url
+from mt_tune.search.resilience import heartbeat_settings, recover_orphaned_trials
+from mt_tune.search.storage import open_storage
+from mt_tune.search.urls import mask_url, resolve_url
 from mt_tune.search.study import load_study
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
@@ -100,7 +102,7 @@ def run_worker(study_name: str, storage_url: str | None = None, n_trials: int | 
         raise UserError(f"--n-trials: must be >= 1, got {n_trials}")
     if max_consecutive_failures is not None and max_consecutive_failures < 1:
         raise UserError(f"--max-consecutive-failures: must be >= 1, got {max_consecutive_failures}")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+    if not DEVICE_PATTERN.fullmatch(device):
         raise UserError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}")
     url = resolve_url(storage_url)
     spec = spec_from_study(load_study(study_name, url))

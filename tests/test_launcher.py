@@ -1,4 +1,4 @@
-"""Worker processes on real storages: parallel budgets, kill -9, SIGTERM, a database restart.
+"""Launched worker processes on real storages: parallel budgets, kill -9, SIGTERM, a database restart.
 
 Every test runs real `mt-tune worker` processes training a tiny Transformer on the bundled
 sample (trials of about a second); the data are prepared once for the module, so the worker
@@ -22,11 +22,14 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
+from cli_run import cli as run_cli
+
+from mt_tune.distributed import parse_devices
 from mt_tune.errors import UserError
 from mt_tune.search.spec import build_spec
 from mt_tune.search.study import create_study
 from mt_tune.search.storage import close_storages
-from mt_tune.search.workers import EXIT_INTERRUPTED, Slot, plan_slots
+from mt_tune.search.launcher import EXIT_INTERRUPTED, Slot, plan_slots
 
 BIN = Path(sys.executable).parent
 
@@ -116,21 +119,52 @@ def by_state(study: optuna.Study) -> dict[str, int]:
 
 def test_plan_slots_one_process_per_device():
     assert plan_slots("cpu", 3) == [Slot("cpu:0", "", "cpu"), Slot("cpu:1", "", "cpu"), Slot("cpu:2", "", "cpu")]
+    assert plan_slots("cpu:3") == plan_slots("cpu", 3)
     assert plan_slots("0,2", gpu_count=4) == [Slot("cuda:0", "0", "cuda:0"), Slot("cuda:2", "2", "cuda:0")]
     assert [s.label for s in plan_slots("all", gpu_count=2)] == ["cuda:0", "cuda:1"]
+    assert [s.label for s in plan_slots("cuda", gpu_count=2)] == ["cuda:0"]
     assert [s.visible_gpus for s in plan_slots("1", 2, gpu_count=2)] == ["1", "1"]
 
 
+@pytest.mark.parametrize("devices", ["cpu", "cpu:2", "cuda", "all", "0", "1,0", " 0, 1 "])
+def test_worker_and_train_read_devices_alike(devices):
+    # One grammar: the processes `mt-tune worker --devices` launches are those of `mt-tune train --devices`.
+    spec = parse_devices(devices, gpu_count=2)
+    slots = plan_slots(devices, gpu_count=2)
+    assert len(slots) == spec.n_procs
+    assert [s.visible_gpus for s in slots] == (spec.gpu_ids or [""] * spec.n_procs)
+    assert {s.device for s in slots} == ({"cpu"} if spec.kind == "cpu" else {"cuda:0"})
+
+
 @pytest.mark.parametrize("devices, processes, message", [
-    ("all", 1, "no CUDA GPU is visible"),
-    ("0,5", 1, "no GPU 5 on this machine"),
-    ("1,1", 1, "listed twice"),
-    ("gpu0", 1, "expected cpu, all or GPU indices"),
+    ("all", None, "no CUDA GPU is visible on this machine"),
+    ("0,5", None, "no GPU 5 on this machine"),
+    ("1,1", None, "listed twice"),
+    ("gpu0", None, "expected cpu, cpu:N .* or GPU indices"),
+    ("cpu:0", None, "expected cpu:N with N >= 1"),
     ("cpu", 0, "--processes: must be >= 1"),
+    ("cpu:2", 2, "give the number of CPU processes once"),
 ])
 def test_plan_slots_refuses_bad_devices(devices, processes, message):
     with pytest.raises(UserError, match=message):
         plan_slots(devices, processes, gpu_count=0 if devices == "all" else 4)
+
+
+@pytest.mark.parametrize("devices", ["gpu0", "cpu:x", "1,1"])
+def test_bad_devices_are_the_same_error_for_worker_and_train(devices, tmp_path, capsys):
+    # Checked before the study or the config is read: neither needs to exist.
+    assert run_cli("worker", "nope", "--devices", devices, "--storage", f"sqlite:///{tmp_path}/none.db") == 2
+    worker_error = capsys.readouterr().err
+    assert run_cli("train", str(tmp_path / "none.yaml"), "--devices", devices) == 2
+    train_error = capsys.readouterr().err
+    assert worker_error == train_error and worker_error.startswith(f"error: --devices {devices!r}: ")
+
+
+def test_cpu_processes_are_given_once(tmp_path, capsys):
+    assert run_cli("worker", "nope", "--devices", "cpu:2", "--processes", "2",
+                   "--storage", f"sqlite:///{tmp_path}/none.db") == 2
+    assert "give the number of CPU processes once" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_worker_command_refuses_a_missing_study_once(tmp_path):

@@ -1,8 +1,11 @@
-"""Run a study's workers on this machine: one process per device, each a `run_worker`.
+"""Launch a study's worker processes on this machine: one per device, each a `run_worker`.
 
     mt-tune worker NAME --devices 0,1,2,3          four processes, one per GPU
     mt-tune worker NAME --devices all              one per visible GPU
-    mt-tune worker NAME --devices cpu --processes 4
+    mt-tune worker NAME --devices cpu:4            four processes on the CPU
+    mt-tune worker NAME --devices 0,1 --processes 2   two processes per GPU
+
+`--devices` is the grammar of `mt-tune train --devices` (mt_tune.distributed.parse_devices).
 
 Each process sees only its GPU (CUDA_VISIBLE_DEVICES), so it trains on `cuda:0` of its own;
 its output lines are prefixed with the device (`[cuda:2]`, `[cpu:1]`). The storage URL reaches
@@ -30,11 +33,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mt_tune.distributed import parse_devices
 from mt_tune.errors import UserError
-from mt_tune.search.storage import ENV_VAR, close_storages, mask_url, resolve_url
+from mt_tune.search.samplers import STREAM_ENV
+from mt_tune.search.storage import close_storages
+from mt_tune.search.urls import ENV_VAR, mask_url, resolve_url
 
 SUMMARY_MARK = "mt-tune-worker-summary "
-SAMPLER_STREAM_ENV = "MT_TUNE_SAMPLER_STREAM"  # samplers.STREAM_ENV; not imported: it pulls in torch
 EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
 
 
@@ -47,38 +52,23 @@ class Slot:
     device: str
 
 
-def plan_slots(devices: str, processes: int = 1, gpu_count: int | None = None) -> list[Slot]:
-    """The processes for `--devices` (cpu | all | comma-separated GPU indices) and
-    `--processes` (processes per device). gpu_count: GPUs on this machine (asked of torch
-    when None)."""
-    if processes < 1:
+def plan_slots(devices: str, processes: int | None = None, gpu_count: int | None = None) -> list[Slot]:
+    """The processes for `--devices` (parse_devices' grammar) and `--processes` (processes per
+    device; not with cpu:N, which says the number itself). gpu_count: GPUs on this machine
+    (asked of torch when None)."""
+    if processes is not None and processes < 1:
         raise UserError(f"--processes: must be >= 1, got {processes}")
-    spec = devices.strip().lower()
-    if spec == "cpu":
-        return [Slot(f"cpu:{i}", "", "cpu") for i in range(processes)]
-    if gpu_count is None:
-        import torch
-
-        gpu_count = torch.cuda.device_count()
-    if spec == "all":
-        if gpu_count == 0:
-            raise UserError("--devices all: no CUDA GPU is visible on this machine; use --devices cpu")
-        indices = list(range(gpu_count))
-    else:
-        try:
-            indices = [int(part) for part in spec.split(",")]
-        except ValueError:
-            raise UserError(f"--devices: expected cpu, all or GPU indices like 0,1,2,3; got {devices!r}") from None
-        if len(set(indices)) != len(indices):
-            raise UserError(f"--devices {devices}: a GPU is listed twice")
-        missing = [i for i in indices if not 0 <= i < gpu_count]
-        if missing:
-            have = f"GPUs 0-{gpu_count - 1}" if gpu_count else "no CUDA GPU"
-            raise UserError(f"--devices {devices}: no GPU {missing[0]} on this machine (it has {have})")
+    if devices.strip().lower().startswith("cpu:") and processes is not None:
+        raise UserError(f"--devices {devices} --processes {processes}: give the number of CPU processes once, "
+                        f"as --devices cpu:N or as --devices cpu --processes N")
+    per_device = processes or 1
+    spec = parse_devices(devices, gpu_count)
+    if spec.kind == "cpu":
+        return [Slot(f"cpu:{i}", "", "cpu") for i in range(spec.n_procs * per_device)]
     return [
-        Slot(f"cuda:{i}" if processes == 1 else f"cuda:{i}.{k}", str(i), "cuda:0")
-        for i in indices
-        for k in range(processes)
+        Slot(f"cuda:{i}" if per_device == 1 else f"cuda:{i}.{k}", i, "cuda:0")
+        for i in spec.gpu_ids
+        for k in range(per_device)
     ]
 
 
@@ -135,7 +125,7 @@ def run_this_process(
 
 
 def _child_main(argv: list[str]) -> int:
-    """Entry point of a launched process: `python -m mt_tune.search.workers STUDY N_TRIALS
+    """Entry point of a launched process: `python -m mt_tune.search.launcher STUDY N_TRIALS
     DEVICE ARTIFACTS MAX_CONSECUTIVE_FAILURES` ("-" for a default); the storage URL comes
     from $MT_TUNE_STORAGE."""
     study_name, n_trials, device, artifacts, max_failures = argv
@@ -164,7 +154,7 @@ def launch_workers(
     study_name: str,
     storage_url: str | None = None,
     devices: str = "cpu",
-    processes: int = 1,
+    processes: int | None = None,
     n_trials: int | None = None,
     artifacts: str = "mt-tune-artifacts",
     log: Callable[[str], None] = print,
@@ -194,9 +184,9 @@ def launch_workers(
     for slot in slots:
         env = {**os.environ, ENV_VAR: url, "CUDA_VISIBLE_DEVICES": slot.visible_gpus, "PYTHONUNBUFFERED": "1",
                # distinct sampler seeds per process, on this and every other machine
-               SAMPLER_STREAM_ENV: f"{socket.gethostname()}/{slot.label}"}
+               STREAM_ENV: f"{socket.gethostname()}/{slot.label}"}
         child = subprocess.Popen(
-            [sys.executable, "-m", "mt_tune.search.workers", study_name, str(n_trials or "-"), slot.device, str(artifacts),
+            [sys.executable, "-m", "mt_tune.search.launcher", study_name, str(n_trials or "-"), slot.device, str(artifacts),
              str(max_consecutive_failures or "-")],
             env=env,
             stdout=subprocess.PIPE,

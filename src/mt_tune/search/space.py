@@ -1,17 +1,26 @@
-"""One dimension of a study's search space: a searched field, its distribution, its condition.
+"""The search space of a study: the `search:` section of a spec, its grammar and its checks.
 
-`search:` in a spec maps "section.field" paths to distributions; each is parsed and checked here
-on its own (mt_tune.search.spec checks the space as a whole), and sampled under its path.
+    search:
+      train.lr: {type: float, low: 1.0e-4, high: 2.0e-3, log: true}
+      model.n_heads: {type: categorical, choices: [4, 8], when: {model.d_model: 256}}
+
+Each "section.field" path maps to a distribution, a Dimension, sampled under that path in
+Optuna; `when:` samples it only where other fields (fixed, or searched above it) have the given
+values. parse_space checks each dimension on its own; check_space checks the space against the
+spec's fixed values, over every combination the search can sample. `search.<section>.<field>`
+overrides on the command line edit the space before it is parsed (split_search_overrides).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mt_tune.config import SECTIONS, _coerce, did_you_mean
+from mt_tune.config import SECTIONS, _coerce, apply_overrides, build_section, did_you_mean
 from mt_tune.errors import ConfigError
 
 # Fields the study itself sets, or that cannot be a single sampled value.
@@ -92,6 +101,15 @@ def _field_info(path: str, where: str) -> tuple[str, dataclasses.Field, Any]:
 
 def _number(value: Any, where: str) -> float:
     return _coerce(value, float, where, None)
+
+
+def parse_space(raw: Any) -> list[Dimension]:
+    """The dimensions of a spec's `search:` mapping, in its order (conditions look upward)."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"search: expected a mapping of field path -> distribution, got {raw!r}")
+    paths = [str(p) for p in raw]
+    return [parse_dimension(path, dim_raw, paths[:i], paths[i + 1:]) for i, (path, dim_raw) in enumerate(raw.items())]
 
 
 def parse_dimension(path: Any, raw: Any, earlier: list[str], later: list[str]) -> Dimension:
@@ -181,3 +199,113 @@ def _parse_condition(raw: Any, where: str, path: str, earlier: list[str], later:
             raise ConfigError(f"{w}: empty list of values")
         out[str(other)] = [_coerce(v, tp, f"{w}", fld.metadata.get("choices")) for v in values]
     return out
+
+
+# --- the space as a whole -------------------------------------------------------------------
+
+# `fixed(path)`: the value a field has where it is not sampled (the spec's, else the default).
+Fixed = Callable[[str], Any]
+
+
+def sample(space: list[Dimension], trial: Any, fixed: Fixed) -> dict:
+    """One trial's parameters; a conditional dimension only where its condition holds."""
+    params: dict[str, Any] = {}
+    for dim in space:
+        if all(params.get(p, fixed(p)) in vals for p, vals in dim.when.items()):
+            params[dim.path] = dim.suggest(trial)
+    return params
+
+
+def possible_values(space: list[Dimension], path: str, fixed: Fixed) -> list:
+    """Values a field can take in some trial: the sampled ones, plus the fixed one unless always sampled."""
+    for dim in space:
+        if dim.path == path:
+            return dim.values() + ([fixed(path)] if dim.when else [])
+    return [fixed(path)]
+
+
+def check_space(space: list[Dimension], sections: dict[str, dict], fixed: Fixed) -> None:
+    """Every value each dimension can take is valid for its field, and every combination of
+    width and heads the search can sample divides; `sections`: the spec's fixed data, model
+    and train mappings."""
+    for dim in space:
+        _check_values(dim, sections)
+    _check_heads_divide_width(space, fixed)
+
+
+def _check_values(dim: Dimension, sections: dict[str, dict]) -> None:
+    section, _, name = dim.path.partition(".")
+    base = copy.deepcopy(sections[section])
+    for value in dim.values(limit=64):
+        raw = dict(base, **{name: value})
+        if section == "model":
+            # Heads dividing the width is checked over all combinations below; here each value
+            # is checked on its own, paired with a width/heads that always fits.
+            if name == "n_heads":
+                raw["d_model"] = int(value) * 8 if isinstance(value, int) and value > 0 else raw.get("d_model", 256)
+            elif name == "d_model":
+                raw["n_heads"] = 1
+        try:
+            build_section(SECTIONS[section], raw, section)
+        except ConfigError as e:
+            raise ConfigError(f"search.{dim.path}: value {value!r} is not valid: {e}") from None
+
+
+def _check_heads_divide_width(space: list[Dimension], fixed: Fixed) -> None:
+    dims = {d.path: d for d in space}
+    width, heads = dims.get("model.d_model"), dims.get("model.n_heads")
+    if width is None and heads is None:
+        return  # the fixed model section was validated already
+    for d in possible_values(space, "model.d_model", fixed):
+        for h in _possible_heads(heads, d, fixed):
+            if isinstance(d, (int, float)) and isinstance(h, (int, float)) and h > 0 and d % h:
+                raise ConfigError(f"search: model.n_heads {h} does not divide model.d_model {d}, a combination the "
+                                  f"search can sample; change the choices or add a condition (when:)")
+
+
+def _possible_heads(heads: Dimension | None, d_model: Any, fixed: Fixed) -> list:
+    if heads is None:
+        return [fixed("model.n_heads")]
+    if not heads.when:
+        return heads.values()
+    if "model.d_model" in heads.when and d_model not in heads.when["model.d_model"]:
+        return [fixed("model.n_heads")]
+    if set(heads.when) == {"model.d_model"}:
+        return heads.values()
+    return heads.values() + [fixed("model.n_heads")]  # other conditions may or may not hold
+
+
+# --- overrides --------------------------------------------------------------------------------
+
+
+def split_search_overrides(raw: dict, overrides: list[str]) -> list[str]:
+    """Apply `search.<section>.<field>[.<key>]=value` overrides (the path itself has a dot) to a
+    spec mapping, in place; return the others for config.apply_overrides.
+    `search.train.lr=null` removes a dimension; `search.model.n_heads.when.model.d_model=256`
+    sets a condition."""
+    rest = []
+    for item in overrides:
+        key, eq, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not eq or parts[0] != "search" or len(parts) < 3:
+            rest.append(item)
+            continue
+        path, sub = ".".join(parts[1:3]), parts[3:]
+        value = apply_overrides({}, [f"v={text}"])["v"]
+        search = raw.setdefault("search", {})
+        if not isinstance(search, dict):
+            raise ConfigError(f"override {item!r}: search is not a mapping")
+        if not sub:
+            if value is None:
+                search.pop(path, None)
+            else:
+                search[path] = value
+            continue
+        node = search.setdefault(path, {})
+        if sub[0] == "when" and len(sub) > 1:
+            node.setdefault("when", {})[".".join(sub[1:])] = value
+        elif len(sub) == 1:
+            node[sub[0]] = value
+        else:
+            raise ConfigError(f"override {item!r}: expected search.section.field.key=value")
+    return rest
