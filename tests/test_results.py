@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from mt_tune.results import LOWER_IS_BETTER, EvalResult, NaNLossError, OutOfMemoryError, StopTraining, TrainingError
+from mt_tune.config import METRICS
+from mt_tune.results import EvalResult, NaNLossError, OutOfMemoryError, StopTraining, TrainingError
 
 
 def test_every_metric_is_a_field_of_an_evaluation():
     fields = {f.name for f in dataclasses.fields(EvalResult)}
-    assert set(LOWER_IS_BETTER) <= fields
-    assert [m for m, lower in LOWER_IS_BETTER.items() if lower] == ["val_loss", "val_loss_per_char"]
+    assert set(METRICS) <= fields
+    assert [m for m, direction in METRICS.items() if direction == "minimize"] == ["val_loss", "val_loss_per_char"]
 
 
 def test_errors_say_why_and_where_a_run_ended():

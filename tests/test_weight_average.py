@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mt_tune.model import ModelConfig, Seq2SeqTransformer
+from mt_tune.config import ModelConfig
+from mt_tune.model import Seq2SeqTransformer
 from mt_tune.weight_average import WeightAverage
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -24,6 +24,11 @@ import yaml
 from mt_tune.errors import ConfigError
 
 
+# The metrics of an evaluation (in the order an evaluation lists them) and the direction that
+# makes each better: the trainer's best checkpoint, a study's direction and its pick use these.
+METRICS = {"val_loss": "minimize", "val_loss_per_char": "minimize", "bleu": "maximize", "chrf": "maximize"}
+TRANSLATION_METRICS = ("bleu", "chrf")
+
 def opt(default: Any, help: str, choices: list | None = None, **kw: Any) -> Any:
     """A dataclass field with help text (and choices): the one place a setting is described."""
     meta = {"help": help}
@@ -192,8 +197,7 @@ class TrainConfig:
     eval_every: int = opt(200, "evaluate every this many updates (and at the end)")
     bleu_sentences: int = opt(200, "validation sentences decoded for BLEU/chrF at each evaluation (0: none)")
     eval_beam: int = opt(1, "beam size of the decoding at evaluation (1: greedy)")
-    keep_best_by: str = opt("bleu", "which metric picks the kept best checkpoint",
-                            choices=["bleu", "chrf", "val_loss", "val_loss_per_char"])
+    keep_best_by: str = opt("bleu", "which metric picks the kept best checkpoint", choices=list(METRICS))
     log_every: int = opt(50, "log training loss every this many updates")
 
     def validate(self, where: str) -> None:

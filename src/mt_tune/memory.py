@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import copy
 
-from mt_tune.model import ModelConfig
+from mt_tune.config import ModelConfig
 
 WORKSPACE_CUDA = 64 * 2**20
 # The config fields estimate_run reads: the ones that change a configuration's size.

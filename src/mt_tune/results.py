@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-# The metrics of an evaluation, and which way each is better.
-LOWER_IS_BETTER = {"val_loss": True, "val_loss_per_char": True, "bleu": False, "chrf": False}
 
 @dataclass
 class EvalResult:

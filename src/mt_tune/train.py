@@ -39,7 +39,7 @@ import yaml
 
 from mt_tune import distributed
 from mt_tune.checkpoint import restore_training, save_run_checkpoints, training_checkpoint
-from mt_tune.config import RunConfig, to_dict
+from mt_tune.config import METRICS, RunConfig, to_dict
 from mt_tune.data.batching import Batch, BatchIterator, TrainBatches
 from mt_tune.data.vocab import PAD_ID
 from mt_tune.device import (amp_name, batch_tensors, free_device_memory, peak_flops, peak_memory_bytes,
@@ -47,7 +47,7 @@ from mt_tune.device import (amp_name, batch_tensors, free_device_memory, peak_fl
 from mt_tune.errors import UserError
 from mt_tune.event_files import open_event_files
 from mt_tune.model import Seq2SeqTransformer, optimizer_groups
-from mt_tune.results import LOWER_IS_BETTER, EvalResult, NaNLossError, OutOfMemoryError, RunResult, StopTraining, TrainingError
+from mt_tune.results import EvalResult, NaNLossError, OutOfMemoryError, RunResult, StopTraining, TrainingError
 from mt_tune.schedule import lr_at, projected_end_step
 from mt_tune.weight_average import WeightAverage
 
@@ -279,8 +279,9 @@ class Trainer:
     def _record(self, result: EvalResult) -> bool:
         """Update self.best with an evaluation; True when keep_best_by improved."""
         improved = False
-        for metric, lower in LOWER_IS_BETTER.items():
+        for metric, direction in METRICS.items():
             value, old = getattr(result, metric), self.best.get(metric)
+            lower = direction == "minimize"
             if value is not None and (old is None or (value < old[0] if lower else value > old[0])):
                 self.best[metric] = (value, result.step)
                 improved |= metric == self.cfg.train.keep_best_by

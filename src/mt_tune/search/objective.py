@@ -31,9 +31,9 @@ import optuna
 import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-from mt_tune.config import RunConfig, format_scale, to_dict
+from mt_tune.config import METRICS, RunConfig, format_scale, to_dict
 from mt_tune.errors import ConfigError, UserError
-from mt_tune.search.spec import METRICS, StudySpec
+from mt_tune.search.spec import StudySpec
 from mt_tune.device import amp_name, free_device_memory, pick_amp_dtype, resolve_device
 from mt_tune.train import EvalResult, NaNLossError, OutOfMemoryError, StopTraining, Trainer
 
@@ -113,7 +113,7 @@ class TrialHook:
 
     def best(self) -> tuple[float, int] | None:
         """(best metric value, its step) over the evaluations so far."""
-        column = ["val_loss", "val_loss_per_char", "bleu", "chrf"].index(self.spec.metric) + 1
+        column = list(METRICS).index(self.spec.metric) + 1  # history rows: step, then METRICS in order
         points = [(row[column], row[0]) for row in self.history if row[column] is not None]
         if not points:
             return None
@@ -125,8 +125,7 @@ class TrialHook:
         return metric_value(result, metric) if metric else None
 
     def _record(self, result: EvalResult) -> float | None:
-        self.history.append([result.step, _round(result.val_loss), _round(result.val_loss_per_char),
-                             _round(result.bleu), _round(result.chrf)])
+        self.history.append([result.step, *(_round(getattr(result, metric)) for metric in METRICS)])
         self.trial.set_user_attr("history", self.history)
         value = metric_value(result, self.spec.metric)
         if value is not None and math.isfinite(value):
@@ -228,7 +227,7 @@ class Objective:
             "wall_s": round(time.perf_counter() - start, 2),
             "n_params": result.n_params,
         }
-        for metric in ("bleu", "chrf", "val_loss", "val_loss_per_char"):
+        for metric in METRICS:
             if metric in result.best:
                 attrs[metric] = result.best[metric][0]
         for key, v in attrs.items():

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from mt_tune.config import (
+    METRICS,
     SECTIONS,
+    TRANSLATION_METRICS,
     RunConfig,
     apply_overrides,
     build_run_config,
@@ -42,9 +44,6 @@ from mt_tune.errors import ConfigError
 from mt_tune.search.space import Dimension, check_space, parse_space, possible_values, sample, split_search_overrides
 from mt_tune.search.warmstart import parse_search_start
 
-# metric -> the direction that makes it better
-METRICS = {"val_loss": "minimize", "val_loss_per_char": "minimize", "bleu": "maximize", "chrf": "maximize"}
-TRANSLATION_METRICS = ("bleu", "chrf")
 
 # Data settings that change the tokenization: a loss per subword is not comparable across them.
 TOKENIZATION_FIELDS = ("vocab_size", "vocab_type", "joint_vocab", "character_coverage", "vocab_sample", "nfkc")
