@@ -50,6 +50,32 @@ def test_min_delta_ignores_tiny_improvements():
         assert not rule.update(1.0, bleu)
 
 
+def test_the_patience_grows_with_the_run():
+    """A long run's plateaus are longer: with patience 3 and a fraction of 0.2, a run that last
+    improved at its 15th evaluation stops at its 19th (stale 4 >= ceil(0.2 * 19)), not its 18th;
+    early in a run the fixed patience holds."""
+    def stop_at(fraction: float, improving: int) -> int:
+        rule = DivergenceStop(3, 0.0, "loss", patience_fraction=fraction)
+        for n in range(1, 100):
+            if rule.update(10.0 - min(n, improving), None):
+                return n
+        raise AssertionError("never stopped")
+
+    assert stop_at(0.0, 15) == 18
+    assert stop_at(0.2, 15) == 19
+    assert stop_at(0.2, 5) == stop_at(0.0, 5) == 8  # ceil(0.2 * 8) = 2 < 3
+    assert stop_at(0.2, 100 - 60) == 40 + 10  # improved until 40: stale 10 >= ceil(0.2 * 50)
+
+
+def test_a_spec_refuses_a_patience_fraction_outside_0_1():
+    from mt_tune.errors import ConfigError
+    from mt_tune.search.spec import build_spec
+
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ConfigError, match="stopping.patience_fraction"):
+            build_spec(dict(SPEC, stopping={"patience_fraction": bad}), check_files=False)
+
+
 def result(step: int, loss: float, bleu: float | None) -> EvalResult:
     return EvalResult(step=step, val_loss=loss, val_loss_per_char=loss / 2, bleu=bleu, chrf=None if bleu is None
                       else bleu * 2, lr=1e-3, train_loss=loss, tokens_per_s=1000.0, elapsed_s=float(step))

@@ -167,7 +167,7 @@ class OverfitStop:
 
     def __init__(self, spec: StudySpec, history: list):
         s = spec.stopping
-        self.stop = DivergenceStop(s.patience, s.min_delta, s.divergence_on)
+        self.stop = DivergenceStop(s.patience, s.min_delta, s.divergence_on, s.patience_fraction)
         for r in history:
             self.stop.update(r.val_loss, r.bleu)
 

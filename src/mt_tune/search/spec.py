@@ -85,6 +85,8 @@ class PrunerSpec:
 @dataclass
 class StoppingSpec:
     patience: int = opt(3, "evaluations without improvement before a trial stops as diverged")
+    patience_fraction: float = opt(0.2, "the patience grows with the run: at least this fraction of the "
+                                        "evaluations so far (0: a fixed patience)")
     min_delta: float = opt(0.0, "an improvement must exceed this (loss in nats, BLEU/chrF in points)")
     divergence_on: str = opt("both", "stop when neither loss nor translation metric improves (both), "
                                      "only the loss stalls (loss), only the metric stalls (metric), or never (none)",
@@ -95,6 +97,8 @@ class StoppingSpec:
     def validate(self, where: str) -> None:
         _at_least(self, where, 1, "patience")
         _at_least(self, where, 0, "min_delta")
+        if not 0 <= self.patience_fraction < 1:
+            raise ConfigError(f"{where}.patience_fraction: must be in [0, 1), got {self.patience_fraction}")
 
 
 @dataclass
