@@ -20,9 +20,9 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from mt_tune.config import TrainConfig
+from mt_tune.config import ModelConfig, TrainConfig
 from mt_tune.memory import estimate_memory, format_bytes
-from mt_tune.model import ModelConfig, Seq2SeqTransformer
+from mt_tune.model import Seq2SeqTransformer
 
 VOCAB = 32_000
 BASE = ModelConfig(d_model=512, n_heads=8, enc_layers=6, dec_layers=6, ffn_dim=2048, dropout=0.1,

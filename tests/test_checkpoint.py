@@ -10,11 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from mt_tune.checkpoint import (CHECKPOINT_VERSION, bytes_to_tensor, read_checkpoint, restore_training, rng_state,
-                                save_atomic, save_run_checkpoints, set_rng_state, tensor_to_bytes, training_checkpoint)
-from mt_tune.config import to_dict
+from mt_tune.checkpoint import (
+    CHECKPOINT_VERSION,
+    bytes_to_tensor,
+    read_checkpoint,
+    restore_training,
+    rng_state,
+    save_atomic,
+    save_run_checkpoints,
+    set_rng_state,
+    tensor_to_bytes,
+    training_checkpoint,
+)
+from mt_tune.config import ModelConfig, to_dict
 from mt_tune.errors import UserError
-from mt_tune.config import ModelConfig
 from mt_tune.model import Seq2SeqTransformer
 
 

@@ -8,10 +8,17 @@ import sentencepiece as spm
 import torch
 import torch.nn.functional as F
 
-from mt_tune.data import Tokenizer
-from mt_tune.decode import (evaluate, read_lines, score, sequence_logprob, translate, translate_ids)
-from mt_tune.errors import UserError
 from mt_tune.config import ModelConfig
+from mt_tune.data import Tokenizer
+from mt_tune.decode import (
+    evaluate,
+    read_lines,
+    score,
+    sequence_logprob,
+    translate,
+    translate_ids,
+)
+from mt_tune.errors import UserError
 from mt_tune.model import Seq2SeqTransformer
 
 WORDS = "zero one two three four five six seven eight nine ten red blue green cat dog".split()

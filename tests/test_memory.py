@@ -7,9 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import profile
 
-from mt_tune.config import TrainConfig
-from mt_tune.memory import amp_for_device, count_params, estimate_memory, format_bytes, with_vocab_sizes
-from mt_tune.config import ModelConfig
+from mt_tune.config import ModelConfig, TrainConfig
+from mt_tune.memory import (
+    amp_for_device,
+    count_params,
+    estimate_memory,
+    format_bytes,
+    with_vocab_sizes,
+)
 from mt_tune.model import Seq2SeqTransformer
 
 VOCAB, BATCH, LENGTH = 300, 8, 12

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mt_tune.errors import ConfigError
 from mt_tune.config import ModelConfig
+from mt_tune.errors import ConfigError
 from mt_tune.model import Seq2SeqTransformer, optimizer_groups
 
 VOCAB = 50
