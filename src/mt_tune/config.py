@@ -23,11 +23,10 @@ import yaml
 
 from mt_tune.errors import ConfigError
 
-
-# The metrics of an evaluation (in the order an evaluation lists them) and the direction that
-# makes each better: the trainer's best checkpoint, a study's direction and its pick use these.
+# An evaluation's metrics, in its order, and the direction that makes each better.
 METRICS = {"val_loss": "minimize", "val_loss_per_char": "minimize", "bleu": "maximize", "chrf": "maximize"}
 TRANSLATION_METRICS = ("bleu", "chrf")
+
 
 def opt(default: Any, help: str, choices: list | None = None, **kw: Any) -> Any:
     """A dataclass field with help text (and choices): the one place a setting is described."""
@@ -256,21 +255,18 @@ def _coerce(value: Any, tp: Any, where: str, choices: list | None) -> Any:
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
         out = value
     elif tp is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            else:
-                raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
         out = value
     elif tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
             try:
                 value = float(value)
             except ValueError:
                 raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         out = float(value)
     elif tp is str:
@@ -305,8 +301,7 @@ def _coerce(value: Any, tp: Any, where: str, choices: list | None) -> Any:
 
 def build_section(cls: type, raw: Any, where: str) -> Any:
     """Build dataclass `cls` from a mapping; errors name `where.key` and the valid keys."""
-    if raw is None:
-        raw = {}
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of settings, got {raw!r}")
     hints = typing.get_type_hints(cls)
