@@ -130,26 +130,3 @@ def test_missing_input_file_is_bad_input_and_writes_nothing(path, tmp_path):
     assert MISSING in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert list(tmp_path.iterdir()) == [], "a command that failed on bad input wrote files"
-
-
-def test_study_commands_run_without_torch(tmp_path):
-    # Reading a study needs no torch: it costs seconds and hundreds of MB to import, which
-    # would make `mt-tune study list` several times slower than `optuna studies`.
-    spec = Path(__file__).resolve().parents[1] / "studies" / "demo.yaml"
-    url = f"sqlite:///{tmp_path}/studies.db"
-    program = textwrap.dedent(f"""
-        import sys
-        from mt_tune.cli import main
-
-        for args in (["study", "create", {str(spec)!r}], ["study", "list"], ["study", "show", "demo"],
-                     ["study", "delete", "demo", "--yes"]):
-            try:
-                main([*args, "--storage", {url!r}])
-            except SystemExit as e:
-                assert not e.code, (args, e.code)
-        print("torch imported:", "torch" in sys.modules)
-    """)
-    result = run_cli(script=[sys.executable, "-c", program], cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "deleted study 'demo'" in result.stdout
-    assert result.stdout.strip().endswith("torch imported: False")

@@ -1,4 +1,4 @@
-"""The dashboard: notes on trials and studies, and `mt-tune dashboard` serving them over HTTP."""
+"""The dashboard: `mt-tune dashboard` serving a study's trials and their notes over HTTP."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 
-from mt_tune.search.notes import read_note, study_note, trial_note, write_study_note, write_trial_note
+from mt_tune.search.notes import write_study_note, write_trial_note
 from mt_tune.search.spec import build_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # set_metric_names
@@ -46,34 +46,6 @@ def make_study(storage) -> optuna.Study:
         write_trial_note(study, t, storage)
     write_study_note(study)
     return study
-
-
-def test_trial_note_says_what_ran_and_how_it_ended():
-    storage = optuna.storages.InMemoryStorage()
-    study = make_study(storage)
-    note = read_note(study, study.trials[0], storage)
-    assert note.startswith("## Trial 0 · complete · bleu 7.25")
-    for text in ("| stop reason | diverged |", "| best step | 200 of 300 steps |", "| BLEU / chrF | 7.25 / 30.50 |",
-                 "| tokens/s | 2,346 |", "| parameters | 1.2M |", "`train.lr=0.001`",
-                 "- model: d_model 64, heads 2, layers 1+1, ffn 128", "lr 0.001", "max_steps 300"):
-        assert text in note, text
-    # rewriting a note replaces it (a new version), it does not append
-    write_trial_note(study, study.trials[0].number, storage)
-    assert read_note(study, study.trials[0], storage) == note
-
-
-def test_trial_note_of_a_foreign_study_uses_what_the_trial_has():
-    trial = optuna.trial.create_trial(value=1.0, params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)})
-    note = trial_note(trial, None)
-    assert "· complete · value 1" in note and "| stop reason | - |" in note and "| wall time | - |" in note
-    assert "Resolved config" not in note
-
-
-def test_study_note_holds_the_spec():
-    study = make_study(optuna.storages.InMemoryStorage())
-    note = read_note(study)
-    assert note.startswith("# dash") and "```yaml" in note and "train.lr:" in note
-    assert note == study_note(study)
 
 
 def _free_port() -> int:

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 
 from mt_tune.config import ModelConfig
-from mt_tune.errors import ConfigError
 from mt_tune.model import Seq2SeqTransformer, optimizer_groups
 
 VOCAB = 50
@@ -180,14 +179,3 @@ def test_too_long_input_is_a_clear_error():
 def test_building_needs_vocab_sizes():
     with pytest.raises(ValueError, match="vocab_size"):
         Seq2SeqTransformer(ModelConfig())
-
-
-@pytest.mark.parametrize("change, key", [
-    (dict(n_heads=5), "model.n_heads"),
-    (dict(dropout=1.0), "model.dropout"),
-    (dict(src_vocab_size=10, tgt_vocab_size=12), "model.share_embeddings"),
-    (dict(d_model=0), "model.d_model"),
-])
-def test_validate_names_the_key(change, key):
-    with pytest.raises(ConfigError, match=key):
-        ModelConfig(**change).validate("model")

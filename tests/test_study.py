@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,12 +13,8 @@ import optuna
 import pytest
 import yaml
 
-from typer.testing import CliRunner
-
-from cli_run import cli as run_cli
 from test_launcher import data_cache, env_for, tiny_spec  # noqa: F401 (data_cache: a fixture)
 
-from mt_tune.cli import app
 from mt_tune.errors import ConfigError, UserError
 from mt_tune.search.spec import build_spec, load_spec, spec_from_study
 from mt_tune.search.storage import StorageUnavailable, close_storages
@@ -67,13 +62,6 @@ def spec_file(tmp_path: Path, change=None) -> Path:
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
-
-
-def cli(*args: str, cwd: Path, input: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
-    env.pop("MT_TUNE_STORAGE", None)
-    return subprocess.run([str(BIN / "mt-tune"), *args], capture_output=True, text=True, timeout=120, cwd=cwd,
-                          env=env, input=input)
 
 
 def add_trials(study: optuna.Study) -> None:
@@ -139,41 +127,6 @@ def test_list_show_delete(sqlite_url):
     assert [r["name"] for r in list_studies(sqlite_url)] == ["empty"]
     with pytest.raises(UserError, match="no study named 'tiny' .*studies there: empty"):
         show_study("tiny", sqlite_url)
-
-
-def test_cli_create_list_show_delete(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("COLUMNS", "200")
-    spec = spec_file(tmp_path)
-    url = "sqlite:///cli.db"  # relative: in the working directory, like the embedded default
-    runner = CliRunner()
-    created = runner.invoke(app, ["study", "create", str(spec), "budget.trials=5", "--storage", url])
-    assert created.exit_code == 0, created.output
-    assert "study 'tiny' in sqlite:///cli.db" in created.output and "budget 5 trials" in created.output
-    again = runner.invoke(app, ["study", "create", str(spec), "--storage", url])
-    assert isinstance(again.exception, UserError) and "already exists" in str(again.exception)
-
-    add_trials(optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/cli.db"))
-    listed = runner.invoke(app, ["study", "list", "--storage", url])
-    assert listed.exit_code == 0, listed.output
-    assert "tiny" in listed.output and "7.5" in listed.output
-    shown = runner.invoke(app, ["study", "show", "tiny", "--storage", url])
-    assert shown.exit_code == 0, shown.output
-    assert "diverged 1" in shown.output and "train.lr=" in shown.output and "1234" in shown.output
-
-    refused = runner.invoke(app, ["study", "delete", "tiny", "--storage", url], input="n\n")
-    assert refused.exit_code == 1 and "tiny" in [r["name"] for r in list_studies(f"sqlite:///{tmp_path}/cli.db")]
-    deleted = runner.invoke(app, ["study", "delete", "tiny", "--yes", "--storage", url])
-    assert deleted.exit_code == 0 and "deleted study 'tiny' (3 trials)" in deleted.output
-
-
-def test_cli_invalid_spec_exits_2_and_creates_nothing(tmp_path):
-    spec = spec_file(tmp_path, lambda r: r["search"]["train.lr"].update(low=1.0))
-    result = cli("study", "create", str(spec), cwd=tmp_path)
-    assert result.returncode == 2
-    assert "search.train.lr: low (1.0) must be below high (0.003)" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "mt-tune.db").exists()  # the embedded default was not even created
 
 
 def test_invalid_spec_leaves_the_storage_as_it_was(tmp_path):
@@ -254,74 +207,6 @@ def test_promoted_study_does_not_repeat_the_start_configurations(sqlite_url):
     assert len(promoted.trials) == 2
 
 
-def training_config(tmp_path: Path, **values) -> Path:
-    """A training config like studies/baseline.yaml: every section, `section.field` values set."""
-    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "studies" / "baseline.yaml").read_text())
-    for path, value in values.items():
-        section, _, field = path.partition(".")
-        raw[section][field] = value
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def test_cli_start_from_a_training_config(tmp_path, capsys):
-    spec = spec_file(tmp_path, lambda r: (r.update(search_start=copy.deepcopy(START)),
-                                          r["search"].update({"model.n_heads": {"type": "categorical", "choices": [4],
-                                                                                "when": {"model.d_model": 64}}})))
-    url = f"sqlite:///{tmp_path}/s.db"
-    config = training_config(tmp_path, **{"train.lr": 1.0e-3, "model.d_model": 32, "model.n_heads": 4})
-    assert run_cli("study", "create", str(spec), "--storage", url, "--start-from", str(config)) == 0
-    created = capsys.readouterr()
-    assert f"first trials: search_start[2] (from {config}): train.lr=0.001, model.d_model=32" in created.out
-    # n_heads is searched only for d_model 64: the config's 4 is dropped, as a sampled trial would
-    assert "not sampled for these values, the spec's fixed value is used: model.n_heads" in created.out
-    assert "model.n_heads: 4 -> 2" in created.out and "train.max_tokens: 640 -> 4096" in created.out
-    study = optuna.load_study(study_name="tiny", storage=url)
-    assert [t.system_attrs["fixed_params"] for t in study.trials] == [*START, {"train.lr": 1e-3, "model.d_model": 32}]
-    assert spec_from_study(study).search_start[2] == {"train.lr": 1e-3, "model.d_model": 32}
-
-    # the same configuration as an entry of the spec: queued once
-    assert run_cli("study", "create", str(spec), "search.model.n_heads=null", "--name", "again", "--storage", url,
-                   "--start-from", str(training_config(tmp_path, **{"train.lr": 1.5e-3, "model.d_model": 64}))) == 0
-    again = capsys.readouterr()
-    assert "the same as search_start[0]; not queued twice" in again.out
-    assert len(optuna.load_study(study_name="again", storage=url).trials) == 2
-
-
-@pytest.mark.parametrize("values, message", [
-    ({"train.lr": 0.01}, "train.lr: 0.01 is outside [0.0001, 0.003]"),
-    ({"model.d_model": 128}, "model.d_model: 128 is not one of the choices 32, 64"),
-])
-def test_cli_start_from_values_outside_the_space_exit_2_and_create_nothing(tmp_path, monkeypatch, capsys, values,
-                                                                          message):
-    monkeypatch.chdir(tmp_path)
-    config = training_config(tmp_path, **values)
-    assert run_cli("study", "create", str(spec_file(tmp_path)), "--start-from", str(config)) == 2
-    assert capsys.readouterr().err == f"error: --start-from {config}: {message}\n"
-    assert not (tmp_path / "mt-tune.db").exists()
-
-
-def test_cli_start_from_refuses_a_config_beyond_the_budget_or_invalid(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    spec = spec_file(tmp_path, lambda r: (r.update(search_start=copy.deepcopy(START)), r["budget"].update(trials=2)))
-    for values, message in (({"train.lr": 1e-3, "model.d_model": 32}, "3 start configurations but budget.trials is 2"),
-                            ({"model.n_heads": 3}, "model.n_heads: 3 does not divide model.d_model (256)")):
-        assert run_cli("study", "create", str(spec), "--start-from", str(training_config(tmp_path, **values))) == 2
-        assert message in capsys.readouterr().err
-    assert run_cli("study", "create", str(spec), "--start-from", str(tmp_path / "none.yaml")) == 2
-    assert f"error: --start-from: {tmp_path / 'none.yaml'}: no such file" in capsys.readouterr().err
-    assert not (tmp_path / "mt-tune.db").exists()
-
-
-def test_cli_invalid_search_start_exits_2_and_creates_nothing(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    spec = spec_file(tmp_path, lambda r: r.update(search_start=[{"train.lr": 1e-3}, {"train.lr": 0.1}]))
-    assert run_cli("study", "create", str(spec)) == 2
-    assert capsys.readouterr().err == f"error: {spec}: search_start[1].train.lr: 0.1 is outside [0.0001, 0.003]\n"
-    assert not (tmp_path / "mt-tune.db").exists()
-
-
 def test_start_configurations_run_first_in_order_once_across_two_workers(tmp_path, data_cache):
     """Two real `mt-tune worker` processes on one SQLite study: the queued start trials are
     popped one at a time, so each runs once, in order, before any sampled trial."""
@@ -345,41 +230,3 @@ def test_start_configurations_run_first_in_order_once_across_two_workers(tmp_pat
     assert [lrs.count(s["train.lr"]) for s in starts] == [1, 1, 1]  # once each
     ran = [len(re.findall(r"^trial +\d+ complete", out, re.M)) for out in outputs]
     assert min(ran) >= 1 and sum(ran) == 5, outputs  # both workers took part
-
-
-def test_a_training_config_is_refused_as_a_spec_by_what_it_is(tmp_path):
-    baseline = Path(__file__).resolve().parents[1] / "studies" / "baseline.yaml"
-    done = cli("study", "create", str(baseline), "--storage", "sqlite:///s.db", cwd=tmp_path)
-    assert done.returncode == 2
-    assert done.stderr.strip() == (f"error: {baseline} is a training config (no search: section); a study spec "
-                                   f"needs a search: section — see studies/demo.yaml")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_study_tables_fit_80_columns_without_cutting_a_cell(tmp_path):
-    from rich.cells import cell_len
-
-    from mt_tune.search.promote import promote
-
-    url = f"sqlite:///{tmp_path}/s.db"
-    raw = copy.deepcopy(SPEC)
-    raw["name"] = "a-study-with-a-long-name"
-    raw["search"].update({"train.warmup_steps": {"type": "int", "low": 50, "high": 400, "step": 50},
-                          "model.dropout": {"type": "float", "low": 0.0, "high": 0.4},
-                          "model.enc_layers": {"type": "int", "low": 1, "high": 4}})
-    study = create_study(build_spec(raw), storage_url=url)
-    for _ in range(3):
-        add_trials(study)
-    promote(study.study_name, "promoted", url, top_k=3, log=lambda _: None)
-    close_storages()
-    env = {**os.environ, "COLUMNS": "80", "TERM": "dumb"}  # piped: rich takes COLUMNS as the width
-    env.pop("MT_TUNE_STORAGE", None)
-    for args in (["list"], ["show", study.study_name], ["show", "promoted"]):
-        done = subprocess.run([str(BIN / "mt-tune"), "study", *args, "--storage", url], capture_output=True,
-                              text=True, timeout=120, cwd=tmp_path, env=env)
-        assert done.returncode == 0, done.stderr
-        assert "…" not in done.stdout, done.stdout
-        assert max(cell_len(line) for line in done.stdout.splitlines()) <= 80, done.stdout
-        for header in ("stop reason", "params", "tok/s", "source value") if args[0] == "show" else ("metric", "best"):
-            if header != "source value" or args[1] == "promoted":
-                assert header in done.stdout, (header, done.stdout)

@@ -1,4 +1,4 @@
-"""`mt-tune data check` and `mt-tune data prepare`: output and exit statuses."""
+"""The commands of cli/training.py (data, train, estimate, translate, evaluate): output and exit statuses."""
 
 from __future__ import annotations
 
