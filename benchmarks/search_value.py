@@ -65,12 +65,11 @@ def split_sample(workdir: Path, test_size: int) -> tuple[Path, Path, Path]:
     rank = sorted(range(len(pairs)), key=lambda i: hashlib.sha1(pairs[i][0].encode()).hexdigest())
     test_src = {pairs[i][0] for i in rank[:test_size]}
     train = [p for p in pairs if p[0] not in test_src]
-    test = [p for p in pairs if p[0] in test_src]
-    seen, unique_test = set(), []
-    for zh, en in test:  # one reference per source sentence
-        if zh not in seen:
-            seen.add(zh)
-            unique_test.append((zh, en))
+    test: dict[str, str] = {}
+    for zh, en in pairs:
+        if zh in test_src:
+            test.setdefault(zh, en)  # one reference per source sentence: its first
+    unique_test = list(test.items())
     paths = workdir / "train.jsonl", workdir / "test.zh", workdir / "test.en"
     paths[0].write_text("".join(json.dumps({"zh": zh, "en": en}, ensure_ascii=False) + "\n" for zh, en in train))
     paths[1].write_text("".join(zh.replace("\n", " ") + "\n" for zh, _ in unique_test))

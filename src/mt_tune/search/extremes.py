@@ -24,14 +24,13 @@ _ALL_VALUES = {"model.d_model", "model.n_heads"}  # heads must divide the width:
 def extreme_configs(spec) -> dict[str, dict]:
     """{"largest": ..., "smallest": ...} by peak memory (then parameters), each estimate_run's
     result plus "sampled": the values of the size-related searched fields it takes."""
-    base = spec.run_config({})
     dims = _size_dimensions(spec.search)
     seen, estimates = set(), []
     for combination in itertools.product(*(_candidates(d, dims) for d in dims)):
         chosen = dict(zip((d.path for d in dims), combination))
         sampled: dict[str, Any] = {}
         for dim in dims:  # in spec order, as a trial samples them
-            if all(sampled.get(p, _value(base, p)) in values for p, values in dim.when.items()):
+            if all(sampled.get(p, spec.fixed(p)) in values for p, values in dim.when.items()):
                 sampled[dim.path] = chosen[dim.path]
         key = tuple(sorted(sampled.items()))
         if key in seen:
@@ -71,7 +70,3 @@ def _candidates(dim, dims: list) -> list:
     out = values + [v for v in named if v not in values]
     return [int(v) for v in out] if dim.type == "int" else [float(v) for v in out]
 
-
-def _value(run_cfg, path: str) -> Any:
-    section, _, name = path.partition(".")
-    return getattr(getattr(run_cfg, section), name)
