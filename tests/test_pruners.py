@@ -30,8 +30,54 @@ def test_every_sampler_and_pruner_builds_and_runs(sampler, pruner):
     assert len(study.trials) == 4
 
 
+def median_spec(**pruner):
+    return build_spec(spec_with(lambda r: r.update(metric="val_loss",
+                                                   pruner={"type": "median", "n_startup_trials": 1, **pruner})))
+
+
+def evaluations_before_pruned(study: optuna.Study, losses: list[float], eval_every: int = 20) -> int | None:
+    """Run one trial reporting `losses` at the training steps of its evaluations (as the trainer
+    does); the evaluation at which it was pruned, or None if it ran to its end."""
+    trial = study.ask()
+    for n, loss in enumerate(losses, 1):
+        trial.report(loss, n * eval_every)
+        if trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return n
+    study.tell(trial, losses[-1])
+    return None
+
+
+def study_of(spec) -> optuna.Study:
+    return optuna.create_study(direction=spec.direction, sampler=optuna.samplers.RandomSampler(0),
+                               pruner=build_pruner(spec))
+
+
 def test_median_pruner_warmup_is_counted_in_evaluations():
-    spec = build_spec(spec_with(lambda r: r.update(pruner={"type": "median", "n_warmup_evals": 3})))
-    pruner = build_pruner(spec)
-    assert isinstance(pruner, optuna.pruners.MedianPruner)
-    assert pruner._n_warmup_steps == 3 * 20  # eval_every 20: the trial reports at training steps
+    spec = median_spec(n_warmup_evals=3, warmup_fraction=0.0)
+    assert spec.run_config().train.eval_every == 20  # the trial reports at steps 20, 40, ...
+    study = study_of(spec)
+    assert evaluations_before_pruned(study, [1.0] * 10) is None
+    assert evaluations_before_pruned(study, [5.0] * 10) == 3
+
+
+def test_the_warmup_grows_with_the_study_s_runs():
+    """warmup_fraction 0.5: a worse trial runs half as many evaluations as the median complete
+    trial before it can be pruned, however long the runs are; n_warmup_evals stays the floor."""
+    spec = median_spec(n_warmup_evals=2, warmup_fraction=0.5)
+    short, long = study_of(spec), study_of(spec)
+    for length in (4, 10, 30):  # complete trials; the median runs 10 evaluations
+        assert evaluations_before_pruned(short, [1.0] * length) is None
+    for length in (40, 100, 300):  # the median runs 100
+        assert evaluations_before_pruned(long, [1.0] * length) is None
+    assert evaluations_before_pruned(short, [5.0] * 200) == 5
+    assert evaluations_before_pruned(long, [5.0] * 200) == 50
+    tiny = study_of(spec)
+    assert evaluations_before_pruned(tiny, [1.0] * 2) is None
+    assert evaluations_before_pruned(tiny, [5.0] * 20) == 2  # half of 2 is below the floor
+
+
+def test_a_better_trial_past_the_warmup_goes_on():
+    study = study_of(median_spec(n_warmup_evals=2, warmup_fraction=0.5))
+    assert evaluations_before_pruned(study, [1.0] * 10) is None
+    assert evaluations_before_pruned(study, [0.5] * 10) is None

@@ -50,6 +50,8 @@ def error_of(raw: dict) -> str:
     (lambda r: r.update(sampler={"type": "tpe", "sed": 1}), "sampler.sed: unknown key (did you mean 'seed'?)"),
     (lambda r: r.update(stopping={"patiense": 2}), "stopping.patiense: unknown key (did you mean 'patience'?)"),
     (lambda r: r.update(pruner={"type": "medain"}), "pruner.type: 'medain' is not one of"),
+    (lambda r: r.update(pruner={"warmup_fraction": 1.0}), "pruner.warmup_fraction: must be in [0, 1), got 1.0"),
+    (lambda r: r.update(pruner={"warmup_fraction": -0.1}), "pruner.warmup_fraction: must be in [0, 1)"),
     # wrong types
     (lambda r: r["train"].update(max_steps="many"), "train.max_steps: expected an integer"),
     (lambda r: r.update(budget={"trials": "ten"}), "budget.trials: expected an integer"),

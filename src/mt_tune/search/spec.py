@@ -73,6 +73,9 @@ class PrunerSpec:
                     choices=["median", "successive_halving", "hyperband", "none"])
     n_startup_trials: int = opt(3, "median: trials that run to their end before any is pruned")
     n_warmup_evals: int = opt(2, "median: evaluations of a trial before it can be pruned")
+    warmup_fraction: float = opt(0.1, "median: the warm-up grows with the runs: no pruning before a "
+                                      "trial has run this fraction of the steps of the study's median "
+                                      "complete trial")
     min_resource_evals: int = opt(1, "successive_halving / hyperband: evaluations in the first rung")
     reduction_factor: int = opt(3, "successive_halving / hyperband: 1/N of the trials go on at each rung")
 
@@ -80,6 +83,8 @@ class PrunerSpec:
         _at_least(self, where, 0, "n_startup_trials", "n_warmup_evals")
         _at_least(self, where, 1, "min_resource_evals")
         _at_least(self, where, 2, "reduction_factor")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"{where}.warmup_fraction: must be in [0, 1), got {self.warmup_fraction}")
 
 
 @dataclass
