@@ -136,10 +136,16 @@ def run_study(table: Table, policy: str, seed: int, budget: float, storage_url: 
     near = sum(c.bleu_after(len(c.ppl)) >= target for c in table.configs)
     cap = 3 * (len(table.configs) + 1) / (near + 1)  # random search without replacement: (N+1)/(K+1)
 
+    seen = {"records": 0, "spent": 0, "found": False}  # over the records so far, kept up as they come
+
     def enough(study: optuna.Study, _trial: object) -> None:
         rs = objective.records
-        spent = sum(r.used for r in rs)
-        if (spent >= cut and (len(rs) >= cap or any(r.bleu is not None and r.bleu >= target for r in rs))
+        for r in rs[seen["records"]:]:
+            seen["spent"] += r.used
+            seen["found"] = seen["found"] or (r.bleu is not None and r.bleu >= target)
+        seen["records"] = len(rs)
+        spent = seen["spent"]
+        if (spent >= cut and (len(rs) >= cap or seen["found"])
                 or (limit is not None and spent >= limit * table.mean_len)):
             study.stop()
 
