@@ -63,7 +63,7 @@ def measure(model_cfg: ModelConfig, amp: str | None, max_tokens: int, length: in
         step()
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated()
-    del model, optimizer
+    model = optimizer = None  # step() holds them: drop both before the cache is emptied
     torch.cuda.empty_cache()
     return peak
 
