@@ -12,14 +12,16 @@ For each seed, as a user would run it, through the `mt-tune` command line:
      with --threads threads (`mt-tune train ... train.max_minutes=M train.threads=T`);
      every setting the search did not sample is the baseline's.
   3. baseline: studies/baseline.yaml, unchanged, trained the same way.
-  4. both best.pt scored with beam --beam (`mt-tune evaluate`) on --test-size pairs of the
-     sample held out by hash from everything: no trial, no final run and no checkpoint choice
+  4. both best.pt translated with beam --beam (`mt-tune translate`) and scored as `mt-tune
+     evaluate` scores (sacrebleu BLEU, 13a, and chrF) on --test-size pairs of the sample held
+     out by hash from everything: no trial, no final run and no checkpoint choice
      ever saw them. All runs train on the rest of the sample (the same file for all); their
      dev set is held out from it as usual.
 The seed is the sampler's seed and both final runs' train.seed. Printed per seed: the pick's
-values, the search's CPU time against the baseline's, BLEU/chrF of both; then the mean BLEU
-difference (target: pick >= baseline + 0.5). The final runs are timed by the wall clock, so
-run it on an otherwise idle machine; each run's CPU seconds and the load average are printed.
+values, the search's CPU time against the baseline's, BLEU/chrF of both, the p-value of their
+difference (paired bootstrap); then the mean BLEU difference (target: pick >= baseline + 0.5).
+The final runs are timed by the wall clock, so run it on an otherwise idle machine; each run's
+CPU seconds and the load average are printed.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import resource
 import shutil
 import statistics
@@ -38,20 +39,24 @@ import time
 from pathlib import Path
 
 import optuna
+from sacrebleu import BLEU
+from sacrebleu.significance import PairedTest
 
 from mt_tune.data.sample import iter_sample
+from mt_tune.decode import score as score_texts
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = REPO / "studies" / "baseline.yaml"
 MT_TUNE = shutil.which("mt-tune", path=str(Path(sys.executable).parent)) or "mt-tune"  # this environment's
 
 
-def mt_tune(*args: str, log: Path) -> float:
-    """Run `mt-tune ARGS` (output to log); its CPU seconds, children included."""
+def mt_tune(*args: str, log: Path, stdout: Path | None = None) -> float:
+    """Run `mt-tune ARGS` (output to log, or standard output to `stdout` and the rest to log);
+    its CPU seconds, children included."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with open(log, "w") as f:
-        proc = subprocess.run([MT_TUNE, *args], check=False, stdout=f, stderr=subprocess.STDOUT,
-                              cwd=REPO)
+    with open(log, "w") as f, open(stdout or os.devnull, "w") as out:
+        streams = {"stdout": out, "stderr": f} if stdout else {"stdout": f, "stderr": subprocess.STDOUT}
+        proc = subprocess.run([MT_TUNE, *args], check=False, cwd=REPO, **streams)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"mt-tune {' '.join(args)} failed (exit {proc.returncode}); see {log}")
@@ -77,10 +82,22 @@ def split_sample(workdir: Path, test_size: int) -> tuple[Path, Path, Path]:
     return paths
 
 
-def score(checkpoint: Path, src: Path, ref: Path, beam: int, log: Path) -> dict:
-    mt_tune("evaluate", str(checkpoint), "--src", str(src), "--ref", str(ref), "--beam", str(beam), log=log)
-    text = log.read_text()
-    return {m: float(re.search(rf"^{m} ([\d.]+)", text, re.MULTILINE).group(1)) for m in ("BLEU", "chrF")}
+def score(checkpoint: Path, src: Path, ref: Path, beam: int, log: Path, hyps: Path) -> dict:
+    """`mt-tune translate` of the test sources into `hyps`, scored as `mt-tune evaluate` scores."""
+    mt_tune("translate", str(checkpoint), "-i", str(src), "--beam", str(beam), log=log, stdout=hyps)
+    scores = score_texts(hyps.read_text().splitlines(), ref.read_text().splitlines(), "en")
+    return {"BLEU": round(scores["bleu"], 2), "chrF": round(scores["chrf"], 2), "signature": scores["bleu_signature"]}
+
+
+def paired_bootstrap(baseline: Path, pick: Path, ref: Path, resamples: int = 1000) -> float:
+    """p-value of the hypothesis that the pick and the baseline score the same BLEU: sacrebleu's
+    paired bootstrap resampling of the test set (two-sided, after Koehn 2004). A few hundred
+    short sentences leave a difference of a point or so within chance."""
+    refs = ref.read_text().splitlines()
+    test = PairedTest([("baseline", baseline.read_text().splitlines()), ("pick", pick.read_text().splitlines())],
+                      {"BLEU": BLEU(tokenize="13a")}, [refs], test_type="bs", n_samples=resamples)
+    _, results = test()
+    return results["BLEU"][1].p_value
 
 
 def run_seed(seed: int, args: argparse.Namespace, data: list[str], test: tuple[Path, Path]) -> dict:
@@ -101,11 +118,12 @@ def run_seed(seed: int, args: argparse.Namespace, data: list[str], test: tuple[P
     for run, values in (("baseline", []), ("pick", [f"{k}={v}" for k, v in best.params.items()])):
         out = work / run
         cpu = mt_tune("train", str(BASELINE), *final, *values, "--out", str(out), log=work / f"{run}.log")
-        runs[run] = dict(score(out / "best.pt", *test, args.beam, work / f"{run}-score.log"), cpu_s=round(cpu, 1),
-                         load=round(os.getloadavg()[0], 2))
+        runs[run] = dict(score(out / "best.pt", *test, args.beam, work / f"{run}-score.log", work / f"{run}.hyp"),
+                         cpu_s=round(cpu, 1), load=round(os.getloadavg()[0], 2))
     return {"seed": seed, "pick_trial": best.number, "pick_params": best.params,
             "search_trials": len(study.trials), "search_cpu_s": round(search_cpu, 1), **runs,
-            "bleu_difference": round(runs["pick"]["BLEU"] - runs["baseline"]["BLEU"], 2)}
+            "bleu_difference": round(runs["pick"]["BLEU"] - runs["baseline"]["BLEU"], 2),
+            "p_value": paired_bootstrap(work / "baseline.hyp", work / "pick.hyp", test[1])}
 
 
 def main() -> int:
@@ -148,7 +166,8 @@ def main() -> int:
         for run in ("baseline", "pick"):
             s = r[run]
             print(f"  {run:<8} BLEU {s['BLEU']:6.2f}  chrF {s['chrF']:6.2f}  CPU {s['cpu_s']:.0f} s  load {s['load']}")
-        print(f"  pick - baseline: {r['bleu_difference']:+.2f} BLEU")
+        print(f"  pick - baseline: {r['bleu_difference']:+.2f} BLEU (paired bootstrap, 1,000 resamples: "
+              f"p = {r['p_value']:.3f})")
     print(f"mean pick - baseline: {summary['mean_bleu_difference']:+.2f} BLEU (target +0.50: "
           f"{'met' if summary['target_met'] else 'NOT met'}); {summary['wall_s'] / 60:.1f} min")
     return 0
