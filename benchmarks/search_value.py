@@ -96,7 +96,7 @@ def paired_bootstrap(baseline: Path, pick: Path, ref: Path, resamples: int = 100
     paired bootstrap resampling of the test set (two-sided, after Koehn 2004). A few hundred
     short sentences leave a difference of a point or so within chance."""
     refs, baseline_hyps, pick_hyps = (p.read_text().splitlines() for p in (ref, baseline, pick))
-    if pick_hyps == baseline_hyps:  # the pick is the baseline's configuration, trained alike
+    if pick_hyps == baseline_hyps:  # the same translations (a pick that is the baseline): no difference
         return 1.0  # (sacrebleu's test counts a zero difference as significant: p = 1 / (resamples + 1))
     test = PairedTest([("baseline", baseline_hyps), ("pick", pick_hyps)],
                       {"BLEU": BLEU(tokenize="13a")}, [refs], test_type="bs", n_samples=resamples)
@@ -134,7 +134,8 @@ def run_seed(seed: int, args: argparse.Namespace, data: list[str], test: tuple[P
     return {"seed": seed, "pick_trial": best.number, "pick_params": best.params, "pick_is_baseline": pick_is_baseline,
             "search_trials": len(study.trials), "search_cpu_s": round(search_cpu, 1), **runs,
             "bleu_difference": round(runs["pick"]["BLEU"] - runs["baseline"]["BLEU"], 2),
-            "p_value": 1.0 if pick_is_baseline else paired_bootstrap(work / "baseline.hyp", work / "pick.hyp", test[1])}
+            "p_value": paired_bootstrap(work / "baseline.hyp", work / f"{'baseline' if pick_is_baseline else 'pick'}.hyp",
+                                        test[1])}
 
 
 def is_baseline(params: dict) -> bool:

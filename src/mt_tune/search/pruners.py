@@ -16,7 +16,8 @@ from mt_tune.search.spec import StudySpec
 
 class GrowingWarmupPruner(optuna.pruners.BasePruner):
     """Optuna's median pruner, whose warm-up also grows with the study's runs: a trial is not
-    pruned before it has run `fraction` of the steps of the median complete trial.
+    pruned before it has run `fraction` of the steps of the median complete trial (0: a fixed
+    warm-up, Optuna's median pruner as it is).
 
     A fixed warm-up of a few evaluations fits one run length only. Real NMT runs last from a
     dozen checkpoints to hundreds (Zhang & Duh's tables: medians 17-231), and the configurations
@@ -31,21 +32,19 @@ class GrowingWarmupPruner(optuna.pruners.BasePruner):
         step = trial.last_step
         if step is None:
             return False
-        ends = [t.last_step for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.last_step is not None]
-        if ends and step < self.fraction * statistics.median(ends):
-            return False
+        if self.fraction > 0:
+            ends = [t.last_step for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if t.last_step is not None]
+            if ends and step < self.fraction * statistics.median(ends):
+                return False
         return self.median.prune(study, trial)
 
 
 def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     p = spec.pruner
     eval_every = spec.run_config().train.eval_every
-    if p.type == "median" and p.warmup_fraction > 0:
-        return GrowingWarmupPruner(p.n_startup_trials, p.n_warmup_evals * eval_every, p.warmup_fraction)
     if p.type == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials,
-                                           n_warmup_steps=p.n_warmup_evals * eval_every)
+        return GrowingWarmupPruner(p.n_startup_trials, p.n_warmup_evals * eval_every, p.warmup_fraction)
     if p.type == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource_evals * eval_every,
                                                       reduction_factor=p.reduction_factor)

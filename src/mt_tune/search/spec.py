@@ -83,8 +83,7 @@ class PrunerSpec:
         _at_least(self, where, 0, "n_startup_trials", "n_warmup_evals")
         _at_least(self, where, 1, "min_resource_evals")
         _at_least(self, where, 2, "reduction_factor")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ConfigError(f"{where}.warmup_fraction: must be in [0, 1), got {self.warmup_fraction}")
+        _fraction(self, where, "warmup_fraction")
 
 
 @dataclass
@@ -102,8 +101,7 @@ class StoppingSpec:
     def validate(self, where: str) -> None:
         _at_least(self, where, 1, "patience")
         _at_least(self, where, 0, "min_delta")
-        if not 0 <= self.patience_fraction < 1:
-            raise ConfigError(f"{where}.patience_fraction: must be in [0, 1), got {self.patience_fraction}")
+        _fraction(self, where, "patience_fraction")
 
 
 @dataclass
@@ -123,6 +121,11 @@ def _at_least(obj: Any, where: str, minimum: float, *names: str) -> None:
     for name in names:
         if getattr(obj, name) < minimum:
             raise ConfigError(f"{where}.{name}: must be >= {minimum}, got {getattr(obj, name)}")
+
+
+def _fraction(obj: Any, where: str, name: str) -> None:
+    if not 0 <= getattr(obj, name) < 1:
+        raise ConfigError(f"{where}.{name}: must be in [0, 1), got {getattr(obj, name)}")
 
 
 # --- the spec -----------------------------------------------------------------------------
