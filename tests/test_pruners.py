@@ -31,8 +31,11 @@ def test_every_sampler_and_pruner_builds_and_runs(sampler, pruner):
 
 
 def median_spec(**pruner):
-    return build_spec(spec_with(lambda r: r.update(metric="val_loss",
-                                                   pruner={"type": "median", "n_startup_trials": 1, **pruner})))
+    """A median pruner after one complete trial; impatient unless `patience` is given, so that
+    the warm-up tests can report flat losses (a flat loss never stops improving in Optuna's
+    sense: its recent values are not worse than its best)."""
+    pruner = {"type": "median", "n_startup_trials": 1, "patience": None, **pruner}
+    return build_spec(spec_with(lambda r: r.update(metric="val_loss", pruner=pruner)))
 
 
 def evaluations_before_pruned(study: optuna.Study, losses: list[float], eval_every: int = 20) -> int | None:
@@ -81,3 +84,26 @@ def test_a_better_trial_past_the_warmup_goes_on():
     study = study_of(median_spec(n_warmup_evals=2, warmup_fraction=0.5))
     assert evaluations_before_pruned(study, [1.0] * 10) is None
     assert evaluations_before_pruned(study, [0.5] * 10) is None
+
+
+def test_a_trial_below_the_median_is_pruned_once_it_stops_improving():
+    """patience 1: below the median, a trial that sets a new best at every evaluation goes on
+    (a slow starter); one that has set none in its last 2 evaluations is pruned."""
+    study = study_of(median_spec(n_warmup_evals=0, warmup_fraction=0.0, patience=1))
+    assert evaluations_before_pruned(study, [1.0 - 0.01 * n for n in range(10)]) is None  # the median trial
+    slow = [5.0 - 0.3 * n for n in range(10)]  # worse than the median at every evaluation, still improving
+    assert evaluations_before_pruned(study, slow) is None
+    stalled = [5.0, 4.0, 4.5, 4.6, 4.7, 4.8]  # its best at evaluation 2; nothing new at 3 and 4
+    assert evaluations_before_pruned(study, stalled) == 4
+
+
+def test_without_patience_the_median_prunes_at_once():
+    study = study_of(median_spec(n_warmup_evals=0, warmup_fraction=0.0, patience=None))
+    assert evaluations_before_pruned(study, [1.0 - 0.01 * n for n in range(10)]) is None
+    assert evaluations_before_pruned(study, [5.0 - 0.3 * n for n in range(10)]) == 1
+
+
+def test_the_default_median_pruner_is_patient():
+    spec = build_spec(spec_with(lambda r: r.update(metric="val_loss", pruner={"type": "median"})))
+    assert spec.pruner.patience == 1
+    assert isinstance(build_pruner(spec), optuna.pruners.PatientPruner)

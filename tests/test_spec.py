@@ -52,6 +52,7 @@ def error_of(raw: dict) -> str:
     (lambda r: r.update(pruner={"type": "medain"}), "pruner.type: 'medain' is not one of"),
     (lambda r: r.update(pruner={"warmup_fraction": 1.0}), "pruner.warmup_fraction: must be in [0, 1), got 1.0"),
     (lambda r: r.update(pruner={"warmup_fraction": -0.1}), "pruner.warmup_fraction: must be in [0, 1)"),
+    (lambda r: r.update(pruner={"patience": -1}), "pruner.patience: must be >= 0, got -1"),
     # wrong types
     (lambda r: r["train"].update(max_steps="many"), "train.max_steps: expected an integer"),
     (lambda r: r.update(budget={"trials": "ten"}), "budget.trials: expected an integer"),

@@ -76,6 +76,9 @@ class PrunerSpec:
     warmup_fraction: float = opt(0.1, "median: the warm-up grows with the runs: no pruning before a "
                                       "trial has run this fraction of the steps of the study's median "
                                       "complete trial")
+    patience: int | None = opt(1, "median: a trial below the median is pruned only once it has stopped "
+                                  "improving: no new best of its own in its last patience + 1 evaluations "
+                                  "(Optuna's PatientPruner; null: pruned at once)")
     min_resource_evals: int = opt(1, "successive_halving / hyperband: evaluations in the first rung")
     reduction_factor: int = opt(3, "successive_halving / hyperband: 1/N of the trials go on at each rung")
 
@@ -84,6 +87,8 @@ class PrunerSpec:
         _at_least(self, where, 1, "min_resource_evals")
         _at_least(self, where, 2, "reduction_factor")
         _fraction(self, where, "warmup_fraction")
+        if self.patience is not None:
+            _at_least(self, where, 0, "patience")
 
 
 @dataclass
