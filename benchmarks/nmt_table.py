@@ -149,6 +149,7 @@ class Table:
             self.by_key[key] = cfg = Config(len(self.configs), key, ppl, bleu, dev)  # id: its position
             self.configs.append(cfg)
         self.relative_lengths = self._relative_lengths()
+        self.stand_in = self._stand_in_fit()
         self.mean_len = statistics.fmean(len(c.ppl) for c in self.configs)
         self.max_len = max(len(c.ppl) for c in self.configs)
         per = [c.bleu_after(len(c.ppl)) for c in self.configs]
@@ -180,10 +181,29 @@ class Table:
             c.relative_length = out[c.key[v]]
         return {s[0]: round(r, 3) for s, r in out.items()}
 
+    def _stand_in_fit(self) -> tuple[float, float]:
+        """(intercept, slope) of the stand-in BLEU a from-scratch checkpoint shows the pruner: only
+        the final model's BLEU was recorded, so per checkpoint the replay shows a + b x the loss per
+        unit of text, fitted (least squares) to the configurations' dev_bleu against their lowest
+        such loss. With b < 0 the median and the patience see the order the loss gives: the fit
+        only puts the values in BLEU's units. Where the loss does not predict BLEU, -loss."""
+        if not self.scratch:
+            return 0.0, -1.0
+        losses = [math.log(min(c.ppl)) * c.relative_length for c in self.configs]
+        try:
+            fit = statistics.linear_regression(losses, [c.dev_bleu for c in self.configs])
+        except statistics.StatisticsError:  # one configuration, or all with the same loss
+            return 0.0, -1.0
+        return (fit.intercept, fit.slope) if fit.slope < 0 else (0.0, -1.0)
+
+    def stand_in_bleu(self, loss_per_text: float) -> float:
+        a, b = self.stand_in
+        return a + b * loss_per_text
+
     def base_spec(self) -> dict:
         return {"name": f"nmt-{self.corpus}", "data": {"format": "sample"},
                 "train": {"eval_every": self.every, "max_steps": self.max_len * self.every},
-                "metric": "val_loss_per_char" if self.scratch else "bleu"}
+                "metric": "bleu"}  # mt-tune's default metric
 
     def _map_fields(self) -> None:
         """Each dimension on its plausible field if the spec accepts its values there, else on

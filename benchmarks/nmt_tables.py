@@ -11,13 +11,18 @@ as mt-tune builds one: a spec (build_spec) whose space is the table's grid, one 
 hyperparameter on an mt-tune field; mt-tune's sampler, pruner and divergence stop; its TrialHook
 fed one EvalResult per checkpoint (val_loss = ln ppl). Only the training is replaced. A
 combination the table lacks, or one tried already, maps to the nearest untried configuration.
-From scratch, the pruner sees the loss (metric val_loss_per_char, fed with the per-subword
-ln ppl: mt-tune asks for it when the vocabulary is searched) and a trial is credited with
-dev_bleu only if it ran to its curve's minimum: one stopped earlier has no BLEU, is never the
-pick. Fine-tuning: metric BLEU, a trial's BLEU is its best so far. Every policy picks the
-credited trial of highest BLEU. Measures, mean and population sd over seeds:
+The study's metric is BLEU, mt-tune's default: a trial's value is its BLEU, the sampler learns
+from it. From scratch, BLEU was recorded for the final model only: a trial is credited with
+dev_bleu only if it ran to its curve's minimum (one stopped earlier has no BLEU, is never the
+pick, and is told to the study as pruned), and the BLEU each checkpoint shows the pruner and
+the divergence stop is a stand-in, linear in the loss per unit of text (ln ppl x the dev set's
+relative subword count: a loss per subword does not compare across vocabularies), fitted on the
+table. Fine-tuning: BLEU at every checkpoint, a trial's BLEU is its best so far. Every policy
+picks the credited trial of highest BLEU. Measures, mean and population sd over seeds:
   ftc           trials sampled until a credited one is within 0.5 BLEU of the table's best
-                (the TACL paper's scripts/eval_single.py); ftc_compute: the compute until then
+                (the TACL paper's scripts/eval_single.py); ftc_compute: the compute until then.
+                A study that stops without one (not_found) counts what it ran, a lower bound,
+                and the ftc target is met only if no study is such
   regret        best BLEU minus the pick's when the compute reaches --budget full trainings
                 (compute in checkpoints, a full training = the mean curve; a trial running at
                 the cut counts what it had by then)
@@ -93,9 +98,10 @@ class TableObjective:
         try:
             for i, ppl in enumerate(cfg.ppl):
                 loss = math.log(ppl)
-                hook(None, EvalResult(step=(i + 1) * self.table.every, val_loss=loss,
-                                      val_loss_per_char=loss * cfg.relative_length,
-                                      bleu=cfg.bleu[i] if cfg.bleu else None, chrf=None, lr=0.0,
+                per_text = loss * cfg.relative_length
+                hook(None, EvalResult(step=(i + 1) * self.table.every, val_loss=loss, val_loss_per_char=per_text,
+                                      bleu=cfg.bleu[i] if cfg.bleu else self.table.stand_in_bleu(per_text),
+                                      chrf=None, lr=0.0,
                                       train_loss=loss, tokens_per_s=0.0, elapsed_s=0.0))
         except optuna.TrialPruned:
             used, reason = i + 1, "pruned"
@@ -108,9 +114,9 @@ class TableObjective:
         trial.set_user_attr("steps", used * self.table.every)
         if record.bleu is not None:
             trial.set_user_attr("bleu", record.bleu)
-        if record.pruned:
+        if record.pruned or record.bleu is None:  # no BLEU: ranked by the sampler as pruned ones are
             raise optuna.TrialPruned(reason)
-        return hook.best()[0]
+        return record.bleu
 
 
 def run_study(table: Table, policy: str, seed: int, budget: float, storage_url: str | None = None,
@@ -283,10 +289,16 @@ def print_report(tables: dict, out: dict) -> None:
         if not {"random", "mt-tune"} <= r["policies"].keys():
             continue
         rnd, mt = r["policies"]["random"], r["policies"]["mt-tune"]
-        ok = [mt["regret_mean"] <= rnd["regret_mean"] / 3, mt["ftc_compute_mean"] <= 0.5 * rnd["ftc_mean"]]
+        # A study that never found a trial within TOLERANCE has only a lower bound for its ftc:
+        # a mean over such studies proves nothing against a "<=" target.
+        censored = mt["ftc_not_found"]
+        ok = [mt["regret_mean"] <= rnd["regret_mean"] / 3,
+              mt["ftc_compute_mean"] <= 0.5 * rnd["ftc_mean"] and not censored]
         print(f"  targets: mt-tune regret <= random's / 3 ({rnd['regret_mean'] / 3:.2f}): {'met' if ok[0] else 'NOT met'}"
               f"; mt-tune ftc_compute <= 0.5 x random's ftc ({0.5 * rnd['ftc_mean']:.1f}): "
-              f"{'met' if ok[1] else 'NOT met'}")
+              f"{'met' if ok[1] else 'NOT met'}"
+              + (f" ({censored} of {out['seeds']} studies never found one: their ftc is a lower bound)"
+                 if censored else ""))
 
 
 if __name__ == "__main__":

@@ -82,11 +82,11 @@ def test_a_trial_stopped_before_its_minimum_has_no_bleu_and_is_never_the_pick(tm
     for r in records:
         t = trials[r.cfg.id]
         assert r.used == 4 and t.user_attrs["steps"] == 400 and len(t.intermediate_values) == 4
-        assert t.user_attrs["stop_reason"] == "diverged" and t.state == optuna.trial.TrialState.COMPLETE
-        if r.cfg.id == 0:  # stopped at 4 checkpoints, its minimum is the 5th
-            assert r.bleu is None and "bleu" not in t.user_attrs
+        assert t.user_attrs["stop_reason"] == "diverged" and not r.pruned
+        if r.cfg.id == 0:  # stopped at 4 checkpoints, its minimum is the 5th: no BLEU to tell
+            assert r.bleu is None and "bleu" not in t.user_attrs and t.state == optuna.trial.TrialState.PRUNED
         else:
-            assert r.bleu == t.user_attrs["bleu"] == r.cfg.dev_bleu
+            assert r.bleu == t.user_attrs["bleu"] == t.value == r.cfg.dev_bleu
     assert sum("mapped_from" in t.user_attrs for t in study.trials) == sum(r.mapped for r in records)
 
     m = nt.measure(table, records, budget=100)
@@ -176,7 +176,27 @@ def test_the_pruner_sees_a_loss_per_unit_of_text_when_the_vocabulary_is_searched
     spec = nt.policy_spec(table, "random", 0, 10)
     study = optuna.create_study(direction=spec.direction, sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(nt.TableObjective(table, spec), n_trials=6)  # each config once (untried ones are mapped to)
-    by = {table.configs[t.user_attrs["config_id"]].key: t.value for t in study.trials}
+    # What the pruner sees at the best checkpoint (the 2nd): the stand-in BLEU of the loss per unit of text
+    by = {table.configs[t.user_attrs["config_id"]].key: t.intermediate_values[2] for t in study.trials}
     assert len(by) == 6
     for layers in (2, 4, 6):  # the same model quality reads the same under either vocabulary
         assert by[((layers,), (1000,))] == pytest.approx(by[((layers,), (8000,))], rel=1e-4)
+    # and it is lower where the loss is higher: a worse model, a lower BLEU
+    assert by[((6,), (1000,))] < by[((4,), (1000,))] < by[((2,), (1000,))]
+
+
+def test_a_from_scratch_study_learns_from_bleu_and_its_pruner_sees_a_stand_in_from_the_loss(tmp_path):
+    """The trial's value is its recorded BLEU (the sampler learns from translation quality, not
+    from the loss); each checkpoint shows the stand-in BLEU of its loss, fitted on the table."""
+    table = nt.Table(scratch_table(tmp_path / "t.json"))
+    a, b = table.stand_in
+    assert b < 0
+    spec = nt.policy_spec(table, "random", 0, 10)
+    assert spec.metric == "bleu" and spec.direction == "maximize"
+    study = optuna.create_study(direction=spec.direction, sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(nt.TableObjective(table, spec), n_trials=len(table.configs))
+    for t in study.trials:
+        cfg = table.configs[t.user_attrs["config_id"]]
+        assert t.value == cfg.dev_bleu
+        curve = [t.intermediate_values[(i + 1) * table.every] for i in range(len(cfg.ppl))]
+        assert curve == pytest.approx([a + b * math.log(p) for p in cfg.ppl])
