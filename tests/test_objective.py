@@ -120,7 +120,9 @@ def test_hook_reports_metric_records_history_and_stops_diverged():
 
 
 def test_hook_prunes_a_trial_worse_than_its_peers():
-    spec = make_spec(lambda r: r.update(pruner={"type": "median", "n_startup_trials": 2, "n_warmup_evals": 0}))
+    # Impatient, so that a single evaluation can be judged (the patient default waits for a stall)
+    spec = make_spec(lambda r: r.update(pruner={"type": "median", "n_startup_trials": 2, "n_warmup_evals": 0,
+                                                "patience": None}))
     from mt_tune.search.pruners import build_pruner
 
     study = optuna.create_study(direction="maximize", pruner=build_pruner(spec))
