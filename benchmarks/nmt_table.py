@@ -244,6 +244,10 @@ class Table:
     def decode(self, params: dict) -> tuple:
         return tuple(d.values[d.choices.index(params[d.field])] for d in self.dims)
 
+    def encode(self, cfg: Config) -> dict:
+        """The trial parameters that decode to `cfg` (the inverse of decode)."""
+        return {d.field: d.choices[d.values.index(v)] for d, v in zip(self.dims, cfg.key)}
+
     def nearest(self, key: tuple, tried: set) -> tuple[Config, bool]:
         """The configuration `key`, or if it was not trained or is tried already, the nearest
         one not yet tried: summed distances over dimensions, each the distance of the values'

@@ -10,7 +10,9 @@ checkpoint) and either `dev_bleu` (from scratch: BLEU of the best-perplexity che
 as mt-tune builds one: a spec (build_spec) whose space is the table's grid, one categorical per
 hyperparameter on an mt-tune field; mt-tune's sampler, pruner and divergence stop; its TrialHook
 fed one EvalResult per checkpoint (val_loss = ln ppl). Only the training is replaced. A
-combination the table lacks, or one tried already, maps to the nearest untried configuration.
+combination the table lacks, or one tried already, maps to the nearest untried configuration:
+the suggestion ends untrained as a FAIL trial (the sampler skips those) and the next trial, queued
+with the neighbour's values, trains it, so that no result is recorded under values not trained.
 The study's metric is BLEU, mt-tune's default: a trial's value is its BLEU, the sampler learns
 from it. From scratch, BLEU was recorded for the final model only: a trial is credited with
 dev_bleu only if it ran to its curve's minimum (one stopped earlier has no BLEU, is never the
@@ -78,6 +80,10 @@ class Record:
         return None if self.pruned else self.cfg.bleu_after(self.used)
 
 
+class Remapped(Exception):
+    """A suggestion the table lacks or that was tried already; its nearest untried neighbour is queued."""
+
+
 class TableObjective:
     """A trial: sample through the spec, look up, replay the curve through mt-tune's hook."""
 
@@ -90,10 +96,17 @@ class TableObjective:
         params = self.spec.suggest(trial)
         wanted = self.table.decode(params)
         cfg, mapped = self.table.nearest(wanted, self.tried)
-        self.tried.add(cfg.id)
-        trial.set_user_attr("config_id", cfg.id)
         if mapped:
-            trial.set_user_attr("mapped_from", [list(v) for v in wanted])
+            # The study must record the configuration that was trained, as a real trial does: a
+            # neighbour's result under the suggested values would tell the sampler that a good
+            # configuration, suggested again, is as good as its neighbour. The suggestion ends
+            # here, untrained (FAIL: the sampler skips it), and the next trial trains the neighbour.
+            trial.study.enqueue_trial(self.table.encode(cfg), user_attrs={"mapped_from": [list(v) for v in wanted]})
+            trial.set_user_attr("remapped_to", cfg.id)
+            raise Remapped(cfg.id)
+        self.tried.add(cfg.id)
+        mapped = "mapped_from" in trial.user_attrs
+        trial.set_user_attr("config_id", cfg.id)
         hook, used, reason = TrialHook(trial, self.spec), len(cfg.ppl), "max_steps"
         try:
             for i, ppl in enumerate(cfg.ppl):
@@ -155,7 +168,20 @@ def run_study(table: Table, policy: str, seed: int, budget: float, storage_url: 
                 or (limit is not None and spent >= limit * table.mean_len)):
             study.stop()
 
-    study.optimize(objective, n_trials=len(table.configs), callbacks=[enough], gc_after_trial=False)
+    return replay(study, objective, enough)
+
+
+def replay(study: optuna.Study, objective: TableObjective, *callbacks) -> list[Record]:
+    """Run the study's trials until every configuration has been trained or a callback stops it.
+    A remapped suggestion is a FAIL trial followed by the queued one: at most two per configuration."""
+    n = len(objective.table.configs)
+
+    def all_trained(study: optuna.Study, _trial: object) -> None:
+        if len(objective.records) >= n:
+            study.stop()
+
+    study.optimize(objective, n_trials=2 * n, callbacks=[*callbacks, all_trained], gc_after_trial=False,
+                   catch=(Remapped,))
     return objective.records
 
 
@@ -190,7 +216,7 @@ _tables: dict[str, Table] = {}
 
 def _job(args: tuple) -> tuple:
     path, policy, seed, budget, sets = args
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # not a warning per remapped suggestion (FAIL)
     warnings.simplefilter("ignore")
     table = _tables.setdefault(path, _tables.get(path) or Table(path))
     return path, policy, measure(table, run_study(table, policy, seed, budget, sets=sets), budget)

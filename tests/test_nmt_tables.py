@@ -68,6 +68,29 @@ def test_the_grid_is_one_categorical_per_hyperparameter_and_a_missing_combinatio
     assert mapped and cfg.key != key(2, 0.001, 1)
 
 
+def trained(study: optuna.Study) -> list:
+    """The trials that trained a configuration (a remapped suggestion is a FAIL trial, untrained)."""
+    return study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+
+
+def test_a_remapped_suggestion_is_recorded_untrained_and_its_neighbour_trains_under_its_own_values(tmp_path):
+    table = nt.Table(scratch_table(tmp_path / "t.json"))
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    records = nt.run_study(table, "random", seed=5, budget=100, storage_url=url)
+    assert sorted(r.cfg.id for r in records) == sorted(c.id for c in table.configs)  # each once
+    study = optuna.load_study(study_name="nmt-xx-en-random-5", storage=url)
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert failed and all(not t.intermediate_values and "config_id" not in t.user_attrs for t in failed)
+    by_id = {c.id: c for c in table.configs}
+    for t in trained(study):  # the study records the values that were trained, never a neighbour's result
+        assert table.decode(t.params) == by_id[t.user_attrs["config_id"]].key
+    after = {t.number + 1: t.user_attrs["remapped_to"] for t in failed}  # the queued neighbour runs next
+    numbered = {t.number: t for t in study.trials}
+    for n, cid in after.items():
+        assert numbered[n].user_attrs["config_id"] == cid and "mapped_from" in numbered[n].user_attrs
+    assert sum(r.mapped for r in records) == len(failed)
+
+
 def test_a_trial_stopped_before_its_minimum_has_no_bleu_and_is_never_the_pick(tmp_path):
     table = nt.Table(scratch_table(tmp_path / "t.json"))
     url = f"sqlite:///{tmp_path / 'studies.db'}"
@@ -78,7 +101,7 @@ def test_a_trial_stopped_before_its_minimum_has_no_bleu_and_is_never_the_pick(tm
     study = optuna.load_study(study_name="nmt-xx-en-mt-tune-3", storage=url)
     assert study.user_attrs["spec"]["stopping"]["patience"] == 2
     assert set(study.user_attrs["spec"]["search"]) == {d.field for d in table.dims}
-    trials = {t.user_attrs["config_id"]: t for t in study.trials}
+    trials = {t.user_attrs["config_id"]: t for t in trained(study)}
     for r in records:
         t = trials[r.cfg.id]
         assert r.used == 4 and t.user_attrs["steps"] == 400 and len(t.intermediate_values) == 4
@@ -87,7 +110,7 @@ def test_a_trial_stopped_before_its_minimum_has_no_bleu_and_is_never_the_pick(tm
             assert r.bleu is None and "bleu" not in t.user_attrs and t.state == optuna.trial.TrialState.PRUNED
         else:
             assert r.bleu == t.user_attrs["bleu"] == t.value == r.cfg.dev_bleu
-    assert sum("mapped_from" in t.user_attrs for t in study.trials) == sum(r.mapped for r in records)
+    assert sum("mapped_from" in t.user_attrs for t in trained(study)) == sum(r.mapped for r in records)
 
     m = nt.measure(table, records, budget=100)
     assert not m["found"] and m["ftc"] == 7 and m["no_credit"] == 1
@@ -175,9 +198,9 @@ def test_the_pruner_sees_a_loss_per_unit_of_text_when_the_vocabulary_is_searched
     assert table.relative_lengths == {1000: 1.0, 8000: pytest.approx(0.8)}
     spec = nt.policy_spec(table, "random", 0, 10)
     study = optuna.create_study(direction=spec.direction, sampler=optuna.samplers.RandomSampler(seed=0))
-    study.optimize(nt.TableObjective(table, spec), n_trials=6)  # each config once (untried ones are mapped to)
+    nt.replay(study, nt.TableObjective(table, spec))  # each config once (untried ones are mapped to)
     # What the pruner sees at the best checkpoint (the 2nd): the stand-in BLEU of the loss per unit of text
-    by = {table.configs[t.user_attrs["config_id"]].key: t.intermediate_values[2] for t in study.trials}
+    by = {table.configs[t.user_attrs["config_id"]].key: t.intermediate_values[2] for t in trained(study)}
     assert len(by) == 6
     for layers in (2, 4, 6):  # the same model quality reads the same under either vocabulary
         assert by[((layers,), (1000,))] == pytest.approx(by[((layers,), (8000,))], rel=1e-4)
@@ -194,8 +217,8 @@ def test_a_from_scratch_study_learns_from_bleu_and_its_pruner_sees_a_stand_in_fr
     spec = nt.policy_spec(table, "random", 0, 10)
     assert spec.metric == "bleu" and spec.direction == "maximize"
     study = optuna.create_study(direction=spec.direction, sampler=optuna.samplers.RandomSampler(seed=0))
-    study.optimize(nt.TableObjective(table, spec), n_trials=len(table.configs))
-    for t in study.trials:
+    assert len(nt.replay(study, nt.TableObjective(table, spec))) == len(table.configs)
+    for t in trained(study):
         cfg = table.configs[t.user_attrs["config_id"]]
         assert t.value == cfg.dev_bleu
         curve = [t.intermediate_values[(i + 1) * table.every] for i in range(len(cfg.ppl))]
