@@ -95,8 +95,8 @@ class TableObjective:
     def __call__(self, trial: optuna.Trial) -> float:
         params = self.spec.suggest(trial)
         wanted = self.table.decode(params)
-        cfg, mapped = self.table.nearest(wanted, self.tried)
-        if mapped:
+        cfg, not_as_suggested = self.table.nearest(wanted, self.tried)
+        if not_as_suggested:
             # The study must record the configuration that was trained, as a real trial does: a
             # neighbour's result under the suggested values would tell the sampler that a good
             # configuration, suggested again, is as good as its neighbour. The suggestion ends
@@ -105,7 +105,7 @@ class TableObjective:
             trial.set_user_attr("remapped_to", cfg.id)
             raise Remapped(cfg.id)
         self.tried.add(cfg.id)
-        mapped = "mapped_from" in trial.user_attrs
+        mapped = "mapped_from" in trial.user_attrs  # the queued neighbour of a remapped suggestion
         trial.set_user_attr("config_id", cfg.id)
         hook, used, reason = TrialHook(trial, self.spec), len(cfg.ppl), "max_steps"
         try:
