@@ -2,7 +2,7 @@
 
 Read by benchmarks/nmt_tables.py: the grid (one dimension per hyperparameter, those that are
 one choice in fact merged), the mt-tune field each dimension is searched on, the trained
-configurations, and the nearest untried configuration for a combination the table lacks.
+configurations, and how trial parameters decode to a configuration's key.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import statistics
 from dataclasses import dataclass
 from dataclasses import field as _field
 from pathlib import Path
-
-import numpy as np
 
 from mt_tune.errors import ConfigError
 from mt_tune.search.spec import StudySpec, build_spec
@@ -155,7 +153,6 @@ class Table:
         per = [c.bleu_after(len(c.ppl)) for c in self.configs]
         self.best_bleu, self.worst_bleu = max(per), min(per)
         self.grid_size = math.prod(len(d.values) for d in self.dims)
-        self._positions: np.ndarray | None = None
         self._map_fields()
 
     def _relative_lengths(self) -> dict:
@@ -243,26 +240,3 @@ class Table:
 
     def decode(self, params: dict) -> tuple:
         return tuple(d.values[d.choices.index(params[d.field])] for d in self.dims)
-
-    def encode(self, cfg: Config) -> dict:
-        """The trial parameters that decode to `cfg` (the inverse of decode)."""
-        return {d.field: d.choices[d.values.index(v)] for d, v in zip(self.dims, cfg.key)}
-
-    def nearest(self, key: tuple, tried: set) -> tuple[Config, bool]:
-        """The configuration `key`, or if it was not trained or is tried already, the nearest
-        one not yet tried: summed distances over dimensions, each the distance of the values'
-        positions in sorted order over the dimension's span (merged ones: 0 or 1)."""
-        exact = self.by_key.get(key)
-        if exact is not None and exact.id not in tried:
-            return exact, False
-        if self._positions is None:  # configurations x dimensions: each value's position
-            self._positions = np.array([[d.values.index(v) for d, v in zip(self.dims, c.key)]
-                                        for c in self.configs], dtype=float).reshape(len(self.configs), -1)
-        ordered = np.array([len(d.names) == 1 and all(isinstance(v[0], (int, float)) for v in d.values)
-                            for d in self.dims], dtype=bool)
-        span = np.array([max(len(d.values) - 1, 1) for d in self.dims], dtype=float)
-        q = np.array([d.values.index(v) for d, v in zip(self.dims, key)], dtype=float)
-        diff = np.abs(self._positions - q)
-        dist = np.where(ordered, diff / span, diff > 0).sum(axis=1)
-        dist[[i for i in tried]] = np.inf
-        return self.configs[int(np.argmin(dist))], True  # ties: the first in the table

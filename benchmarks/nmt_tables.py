@@ -10,9 +10,10 @@ checkpoint) and either `dev_bleu` (from scratch: BLEU of the best-perplexity che
 as mt-tune builds one: a spec (build_spec) whose space is the table's grid, one categorical per
 hyperparameter on an mt-tune field; mt-tune's sampler, pruner and divergence stop; its TrialHook
 fed one EvalResult per checkpoint (val_loss = ln ppl). Only the training is replaced. A
-combination the table lacks, or one tried already, maps to the nearest untried configuration:
-the suggestion ends untrained as a FAIL trial (the sampler skips those) and the next trial, queued
-with the neighbour's values, trains it, so that no result is recorded under values not trained.
+suggestion that repeats a tried configuration goes through mt-tune's own repeat handling
+(mt_tune/search/repeats.py), and so does a combination the table lacks: the suggestion ends
+untrained as a FAIL trial (the sampler skips those) and the next trial, queued with its nearest
+untried neighbour's values, trains it, so that no result is recorded under values not trained.
 The study's metric is BLEU, mt-tune's default: a trial's value is its BLEU, the sampler learns
 from it. From scratch, BLEU was recorded for the final model only: a trial is credited with
 dev_bleu only if it ran to its curve's minimum (one stopped earlier has no BLEU, is never the
@@ -50,6 +51,7 @@ import optuna
 from mt_tune.errors import ConfigError
 from mt_tune.search.objective import TrialHook
 from mt_tune.search.pruners import build_pruner
+from mt_tune.search.repeats import NEIGHBOUR_OF_ATTR, queue_neighbour
 from mt_tune.search.samplers import build_sampler
 from mt_tune.search.spec import StudySpec
 from mt_tune.train import EvalResult, StopTraining
@@ -92,20 +94,25 @@ class TableObjective:
         self.records: list[Record] = []
         self.tried: set = set()
 
+    def unavailable(self, params: dict) -> bool:
+        """Tried already, or a combination the table lacks."""
+        cfg = self.table.by_key.get(self.table.decode(params))
+        return cfg is None or cfg.id in self.tried
+
     def __call__(self, trial: optuna.Trial) -> float:
         params = self.spec.suggest(trial)
-        wanted = self.table.decode(params)
-        cfg, not_as_suggested = self.table.nearest(wanted, self.tried)
-        if not_as_suggested:
-            # The study must record the configuration that was trained, as a real trial does: a
-            # neighbour's result under the suggested values would tell the sampler that a good
-            # configuration, suggested again, is as good as its neighbour. The suggestion ends
-            # here, untrained (FAIL: the sampler skips it), and the next trial trains the neighbour.
-            trial.study.enqueue_trial(self.table.encode(cfg), user_attrs={"mapped_from": [list(v) for v in wanted]})
-            trial.set_user_attr("remapped_to", cfg.id)
-            raise Remapped(cfg.id)
+        if self.unavailable(params):
+            # mt-tune's own handling of a repeat (mt_tune/search/repeats.py), here also for a
+            # combination the table lacks: the suggestion ends untrained (FAIL: the sampler skips
+            # it) and its nearest untried neighbour, queued, trains next under its own values.
+            queued = queue_neighbour(trial, self.spec.search, params, self.unavailable)
+            if queued is None:  # nothing left to try
+                trial.study.stop()
+                raise Remapped("no untried configuration left")
+            raise Remapped(str(self.table.by_key[self.table.decode(queued)].id))
+        cfg = self.table.by_key[self.table.decode(params)]
         self.tried.add(cfg.id)
-        mapped = "mapped_from" in trial.user_attrs  # the queued neighbour of a remapped suggestion
+        mapped = NEIGHBOUR_OF_ATTR in trial.user_attrs  # the queued neighbour of a remapped suggestion
         trial.set_user_attr("config_id", cfg.id)
         hook, used, reason = TrialHook(trial, self.spec), len(cfg.ppl), "max_steps"
         try:

@@ -11,6 +11,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from mt_tune.search.repeats import NEIGHBOUR_OF_ATTR, nearest_untried
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "nmt_tables.py"
 _spec = importlib.util.spec_from_file_location("nmt_tables", SCRIPT)
 nt = importlib.util.module_from_spec(_spec)
@@ -56,16 +58,17 @@ def test_the_grid_is_one_categorical_per_hyperparameter_and_a_missing_combinatio
     assert table.best_bleu == 30.0 and table.mean_len == pytest.approx((7 + 6 * 6) / 7)
 
     key = lambda *values: tuple((v,) for v in values)  # noqa: E731
-    cfg, mapped = table.nearest(key(2, 0.001, 1), set())
-    assert not mapped and cfg.key == key(2, 0.001, 1)
-    cfg, mapped = table.nearest(key(*MISSING), set())
+    spec = nt.policy_spec(table, "mt-tune", seed=0, budget=10)
+    objective = nt.TableObjective(table, spec)
+    params = lambda k: {d.field: d.choices[d.values.index(v)] for d, v in zip(table.dims, k)}  # noqa: E731
+    nearest = lambda k: table.decode(nearest_untried(spec.search, params(k), objective.unavailable))  # noqa: E731
+    assert not objective.unavailable(params(key(2, 0.001, 1))) and objective.unavailable(params(key(*MISSING)))
     neighbours = {key(2, 0.001, 2), key(4, 0.0003, 2), key(4, 0.001, 1)}  # one step away
-    assert mapped and cfg.key in neighbours
-    tried = {table.by_key[k].id for k in neighbours}
-    cfg, mapped = table.nearest(key(*MISSING), tried)
-    assert mapped and cfg.id not in tried and cfg.key not in neighbours
-    cfg, mapped = table.nearest(key(2, 0.001, 1), {table.by_key[key(2, 0.001, 1)].id})  # tried: not again
-    assert mapped and cfg.key != key(2, 0.001, 1)
+    assert nearest(key(*MISSING)) in neighbours
+    objective.tried = {table.by_key[k].id for k in neighbours}
+    assert nearest(key(*MISSING)) not in neighbours | {key(*MISSING)}
+    objective.tried.add(table.by_key[key(2, 0.001, 1)].id)
+    assert objective.unavailable(params(key(2, 0.001, 1)))  # tried: not again
 
 
 def trained(study: optuna.Study) -> list:
@@ -84,10 +87,10 @@ def test_a_remapped_suggestion_is_recorded_untrained_and_its_neighbour_trains_un
     by_id = {c.id: c for c in table.configs}
     for t in trained(study):  # the study records the values that were trained, never a neighbour's result
         assert table.decode(t.params) == by_id[t.user_attrs["config_id"]].key
-    after = {t.number + 1: t.user_attrs["remapped_to"] for t in failed}  # the queued neighbour runs next
+    after = {t.number + 1: table.by_key[table.decode(t.user_attrs["queued"])].id for t in failed}  # runs next
     numbered = {t.number: t for t in study.trials}
     for n, cid in after.items():
-        assert numbered[n].user_attrs["config_id"] == cid and "mapped_from" in numbered[n].user_attrs
+        assert numbered[n].user_attrs["config_id"] == cid and NEIGHBOUR_OF_ATTR in numbered[n].user_attrs
     assert sum(r.mapped for r in records) == len(failed)
 
 
@@ -110,7 +113,7 @@ def test_a_trial_stopped_before_its_minimum_has_no_bleu_and_is_never_the_pick(tm
             assert r.bleu is None and "bleu" not in t.user_attrs and t.state == optuna.trial.TrialState.PRUNED
         else:
             assert r.bleu == t.user_attrs["bleu"] == t.value == r.cfg.dev_bleu
-    assert sum("mapped_from" in t.user_attrs for t in trained(study)) == sum(r.mapped for r in records)
+    assert sum(NEIGHBOUR_OF_ATTR in t.user_attrs for t in trained(study)) == sum(r.mapped for r in records)
 
     m = nt.measure(table, records, budget=100)
     assert not m["found"] and m["ftc"] == 7 and m["no_credit"] == 1

@@ -76,6 +76,24 @@ def test_nan_loss_is_pruned_and_the_worker_goes_on(env):
     assert "worker done: 2 trials" in result.output
 
 
+def test_a_repeated_configuration_is_not_trained_again_and_its_neighbour_trains_instead(env):
+    url, artifacts, create = env
+    study = create(lambda r: r.update(search={"train.warmup_steps": {"type": "int", "low": 10, "high": 20,
+                                                                     "step": 10}}))
+    study.enqueue_trial({"train.warmup_steps": 10})
+    study.enqueue_trial({"train.warmup_steps": 10})  # as TPE does when it exploits its best so far
+    result = CliRunner().invoke(app, ["worker", "w", "--storage", url, "--artifacts", str(artifacts)])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="w", storage=url)
+    first, repeat, neighbour = study.trials
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert repeat.user_attrs["stop_reason"] == "repeat" and repeat.user_attrs["repeat_of"] == 0
+    assert "steps" not in repeat.user_attrs and not (artifacts / "w" / "1").exists()  # never trained
+    assert neighbour.params == {"train.warmup_steps": 20} and neighbour.user_attrs["steps"] == 20
+    assert budget_used(study) == 2  # the budget of 2 trained two configurations
+    assert "trial 1 repeats trial 0" in result.output and "worker done: 2 trials" in result.output
+
+
 @pytest.mark.slow
 def test_all_overfit_study_still_has_a_best_trial(env):
     """1k pairs, a step budget far past overfitting: every trial stops diverged, the study has

@@ -11,6 +11,8 @@ How a trial ends (user attr `stop_reason`):
   diverged                  neither loss nor metric improves any more COMPLETE (or PRUNED)
   pruned                    worse than its peers at the same step    PRUNED
   nan_loss, oom, predicted_oom, invalid_config                      PRUNED
+  repeat                    the configuration of an earlier trial:   FAIL, untrained
+                            its nearest untried neighbour is queued  (repeats.py)
 A pruned trial's checkpoints are removed. A trial that retries a dead worker's trial resumes
 from that trial's last.pt (same directory) and records `resumed_from_step`; so does a trial
 promoted with `continue_from` (a source trial's directory), from a copy of its checkpoints.
@@ -33,6 +35,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from mt_tune.config import METRICS, RunConfig, format_scale, to_dict
 from mt_tune.errors import ConfigError, UserError
+from mt_tune.search.repeats import end_if_repeat
 from mt_tune.search.spec import StudySpec
 from mt_tune.device import amp_name, free_device_memory, pick_amp_dtype, resolve_device
 from mt_tune.train import EvalResult, NaNLossError, OutOfMemoryError, StopTraining, Trainer
@@ -181,6 +184,9 @@ class Objective:
         start = time.perf_counter()
         trial.set_user_attr("scale", format_scale(self.spec.scale))
         params = self.spec.suggest(trial)
+        retried_from = self._retried_from(trial)
+        if retried_from is None:  # a retry repeats its dead trial's values on purpose
+            end_if_repeat(trial, self.spec.search, params)
         try:
             cfg = self.spec.run_config(params)
         except ConfigError as e:
@@ -189,7 +195,6 @@ class Objective:
         if self.device != "auto":
             cfg.train.device = self.device
 
-        retried_from = self._retried_from(trial)
         out_dir = self.artifacts / self.study_name / str(trial.number if retried_from is None else retried_from)
         resume = retried_from is not None and (out_dir / "last.pt").is_file()
         if not resume and out_dir.exists():

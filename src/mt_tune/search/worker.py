@@ -2,9 +2,10 @@
 
 The budget (spec.budget.trials) is the total over every worker sharing the storage. It counts
 trials that finished or are running, like Optuna's MaxTrialsCallback, except FAIL trials that
-were re-queued (their retry is counted instead) and trials that found the budget spent when
-they started. That last check makes the total exact: two workers that both see one trial left
-both ask for one, and the later of the two (by trial number) ends at once, FAIL with
+were re-queued (their retry is counted instead), repeats (stop_reason=repeat: ended untrained,
+their nearest untried neighbour queued; see repeats.py) and trials that found the budget spent
+when they started. That last check makes the total exact: two workers that both see one trial
+left both ask for one, and the later of the two (by trial number) ends at once, FAIL with
 stop_reason=over_budget, without training.
 """
 
@@ -25,6 +26,7 @@ from mt_tune.errors import UserError
 from mt_tune.search.notes import write_study_note, write_trial_note
 from mt_tune.search.objective import Objective, error_line
 from mt_tune.search.pruners import build_pruner
+from mt_tune.search.repeats import STOP_REASON as REPEAT, Repeat
 from mt_tune.search.samplers import STREAM_ENV, build_sampler
 from mt_tune.search.spec import spec_from_study
 from mt_tune.search.resilience import heartbeat_settings, recover_orphaned_trials
@@ -59,7 +61,7 @@ def counts_toward_budget(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     return [t for t in trials if t.state in COUNTED
             and not (t.state == TrialState.FAIL and (t.number in retried
-                                                     or t.user_attrs.get("stop_reason") == "over_budget"))]
+                                                     or t.user_attrs.get("stop_reason") in ("over_budget", REPEAT)))]
 
 
 def requeue_on_interrupt(objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
@@ -146,6 +148,9 @@ def run_worker(study_name: str, storage_url: str | None = None, n_trials: int | 
             study.optimize(requeue_on_interrupt(objective), n_trials=1, callbacks=[log_trial])
         except BudgetSpent:
             break
+        except Repeat as e:  # untrained, its neighbour queued: neither a trial of this worker nor a failure
+            log(str(e))
+            continue
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - the trial is recorded as FAIL; the worker goes on
