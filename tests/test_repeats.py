@@ -3,13 +3,23 @@ neighbour is queued: the nearest-neighbour rule, and real Optuna studies in a re
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import optuna
 import pytest
 from optuna.trial import TrialState
+from test_launcher import data_cache, env_for, tiny_spec  # noqa: F401 (data_cache: a fixture)
 
 from mt_tune.search.repeats import (NEIGHBOUR_OF_ATTR, Repeat, end_if_repeat, nearest_untried, params_key,
                                     taken_keys)
 from mt_tune.search.space import parse_space
+from mt_tune.search.spec import build_spec
+from mt_tune.search.storage import close_storages
+from mt_tune.search.study import create_study
+
+BIN = Path(sys.executable).parent
 
 SPACE = parse_space({
     "model.d_model": {"type": "categorical", "choices": [512, 128, 256]},  # numbers: ordered by value
@@ -111,3 +121,28 @@ def test_a_queued_neighbour_counts_as_taken_before_it_runs(study):
     taken = taken_keys(study, but=-1)
     assert params_key(AT) in taken and params_key(study.trials[repeat.number].user_attrs["queued"]) in taken
     assert len(taken) == 2  # the FAIL repeat itself is not a configuration the study has
+
+
+def test_two_workers_on_a_small_grid_train_every_configuration_once(tmp_path, data_cache):
+    """Two real `mt-tune worker` processes, TPE on a grid of 6 configurations and a budget of
+    6 trials: every configuration trains exactly once, whatever the sampler repeats."""
+    url = f"sqlite:///{tmp_path}/grid.db"
+    raw = tiny_spec(data_cache, trials=6, max_steps=4)
+    raw["search"] = {"train.lr": {"type": "categorical", "choices": [1.0e-3, 2.0e-3, 3.0e-3]},
+                     "train.warmup_steps": {"type": "int", "low": 2, "high": 4, "step": 2}}
+    raw["sampler"] = {"type": "tpe", "seed": 1, "n_startup_trials": 2}
+    create_study(build_spec(raw), storage_url=url)
+    close_storages()
+    workers = [subprocess.Popen([str(BIN / "mt-tune"), "worker", "tiny", "--storage", url, "--artifacts",
+                                 str(tmp_path / "artifacts")], cwd=tmp_path, env=env_for(), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+
+    every = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    trained = [t for t in every if t.state == TrialState.COMPLETE]
+    assert sorted(params_key(t.params) for t in trained) == sorted(
+        params_key({"train.lr": lr, "train.warmup_steps": w}) for lr in (1.0e-3, 2.0e-3, 3.0e-3) for w in (2, 4))
+    others = [t for t in every if t.state != TrialState.COMPLETE]
+    assert all(t.user_attrs.get("stop_reason") in ("repeat", "over_budget") or t.state == TrialState.WAITING
+               for t in others), [(t.state, t.user_attrs) for t in others]
