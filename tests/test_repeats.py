@@ -3,14 +3,10 @@ neighbour is queued: the nearest-neighbour rule, and real Optuna studies in a re
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import optuna
 import pytest
 from optuna.trial import TrialState
-from test_launcher import data_cache, env_for, tiny_spec  # noqa: F401 (data_cache: a fixture)
+from test_launcher import data_cache, start_worker, tiny_spec  # noqa: F401 (data_cache: a fixture)
 
 from mt_tune.search.repeats import (NEIGHBOUR_OF_ATTR, Repeat, end_if_repeat, nearest_untried, params_key,
                                     taken_keys)
@@ -18,8 +14,6 @@ from mt_tune.search.space import parse_space
 from mt_tune.search.spec import build_spec
 from mt_tune.search.storage import close_storages
 from mt_tune.search.study import create_study
-
-BIN = Path(sys.executable).parent
 
 SPACE = parse_space({
     "model.d_model": {"type": "categorical", "choices": [512, 128, 256]},  # numbers: ordered by value
@@ -133,9 +127,7 @@ def test_two_workers_on_a_small_grid_train_every_configuration_once(tmp_path, da
     raw["sampler"] = {"type": "tpe", "seed": 1, "n_startup_trials": 2}
     create_study(build_spec(raw), storage_url=url)
     close_storages()
-    workers = [subprocess.Popen([str(BIN / "mt-tune"), "worker", "tiny", "--storage", url, "--artifacts",
-                                 str(tmp_path / "artifacts")], cwd=tmp_path, env=env_for(), text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    workers = [start_worker(tmp_path, "--storage", url, "--artifacts", str(tmp_path / "artifacts")) for _ in range(2)]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
 
