@@ -92,6 +92,7 @@ def test_a_repeated_configuration_is_not_trained_again_and_its_neighbour_trains_
     assert neighbour.params == {"train.warmup_steps": 20} and neighbour.user_attrs["steps"] == 20
     assert budget_used(study) == 2  # the budget of 2 trained two configurations
     assert "trial 1 repeats trial 0" in result.output and "worker done: 2 trials" in result.output
+    assert "fail 1 (1 of them repeats, untrained)" in result.output
 
 
 @pytest.mark.slow

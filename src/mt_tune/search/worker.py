@@ -166,14 +166,17 @@ def run_worker(study_name: str, storage_url: str | None = None, n_trials: int | 
         ran += 1
 
     states = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    repeats = 0
     for t in study.get_trials(deepcopy=False, states=tuple(TrialState[s] for s in states)):
         states[t.state.name] += 1
+        repeats += t.user_attrs.get("stop_reason") == REPEAT
     best = _best(study)
     summary = {"study": study_name, "storage": mask_url(url), "trials_run": ran, "states": states,
-               "best_trial": best.number if best else None, "best_value": best.value if best else None,
-               "wall_s": round(time.perf_counter() - start, 1)}
+               "repeats": repeats, "best_trial": best.number if best else None,
+               "best_value": best.value if best else None, "wall_s": round(time.perf_counter() - start, 1)}
     log(f"worker done: {ran} trials in {summary['wall_s']:.0f} s; study: "
-        f"{', '.join(f'{k.lower()} {v}' for k, v in states.items())}; "
+        f"{', '.join(f'{k.lower()} {v}' for k, v in states.items())}"
+        + (f" ({repeats} of them repeats, untrained)" if repeats else "") + "; "
         + (f"best trial {best.number} ({spec.metric} {best.value:.4g})" if best else "no completed trial yet"))
     return summary
 
