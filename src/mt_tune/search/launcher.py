@@ -265,12 +265,15 @@ def _summary(study_name: str, url: str, children: list[tuple[Slot, subprocess.Po
              interrupted: bool, log: Callable[[str], None], wall_s: float) -> dict[str, Any]:
     import optuna
 
+    from mt_tune.search.repeats import STOP_REASON as REPEAT
     from mt_tune.search.storage import open_storage
 
     study = optuna.load_study(study_name=study_name, storage=open_storage(url, create_schema=False))
     states: dict[str, int] = {}
+    repeats = 0
     for t in study.get_trials(deepcopy=False):
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+        repeats += t.user_attrs.get("stop_reason") == REPEAT
     close_storages()
     per_process = [
         {"device": slot.label, "exit": child.returncode, "trials_run": summaries.get(slot.label, {}).get("trials_run")}
@@ -278,12 +281,13 @@ def _summary(study_name: str, url: str, children: list[tuple[Slot, subprocess.Po
     ]
     failed = [p for p in per_process if p["exit"] not in (0, EXIT_INTERRUPTED)]
     summary = {"study": study_name, "storage": mask_url(url), "processes": per_process, "states": states,
-               "interrupted": interrupted, "failed_processes": len(failed), "wall_s": round(wall_s, 1)}
+               "repeats": repeats, "interrupted": interrupted, "failed_processes": len(failed), "wall_s": round(wall_s, 1)}
     lines = [f"{p['device']}: " + (f"{p['trials_run']} trials" if p["trials_run"] is not None else
                                    "interrupted" if p["exit"] == EXIT_INTERRUPTED else f"exit {p['exit']}")
              for p in per_process]
     log(f"workers done in {wall_s:.0f} s ({'; '.join(lines)}); study {study_name!r}: "
-        + (", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "no trials"))
+        + (", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "no trials")
+        + (f" ({repeats} of the fail trials repeats, untrained)" if repeats else ""))
     return summary
 
 
