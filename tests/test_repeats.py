@@ -60,7 +60,7 @@ def test_ties_are_broken_by_the_seed_not_by_the_order_of_dimensions():
     assert len(picks) == 4
 
 
-def test_nothing_untried_means_none_and_a_condition_is_never_moved():
+def test_nothing_untried_means_none_and_a_condition_or_a_continuous_value_is_never_moved():
     space = parse_space({
         "model.d_model": {"type": "categorical", "choices": [128, 256]},
         "model.n_heads": {"type": "categorical", "choices": [2, 4], "when": {"model.d_model": [256]}},
@@ -70,6 +70,8 @@ def test_nothing_untried_means_none_and_a_condition_is_never_moved():
     assert nearest_untried(space, at, lambda p: p["model.n_heads"] == 2) is None  # d_model decides n_heads
     assert nearest_untried(parse_space({"train.lr": {"type": "float", "low": 0.1, "high": 1.0}}),
                            {"train.lr": 0.5}, lambda p: False) is None
+    huge = parse_space({"train.max_tokens": {"type": "int", "low": 1, "high": 10**9}})  # not listed value by value
+    assert nearest_untried(huge, {"train.max_tokens": 4096}, lambda p: False) is None
 
 
 @pytest.fixture

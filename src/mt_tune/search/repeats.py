@@ -13,8 +13,9 @@ continuous values only, where repeats do not happen), the repeat trains as any t
 
 Nearest: the fewest steps, each a step's share of its dimension's span (an int or stepped
 float: one step; a categorical of numbers: the next value in sorted order; any other
-categorical: another choice, a whole span). A continuous float keeps its value, and so does a
-dimension that a `when:` condition looks at (moving it would change which dimensions exist).
+categorical: another choice, a whole span). A continuous float keeps its value, and so do an
+int or stepped float of more than 100,000 values and a dimension that a `when:` condition looks
+at (moving it would change which dimensions exist).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ TRAINED_OR_RUNNING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING
 QUEUED_ATTR = "queued_params"  # user attr of a queued neighbour: its params (a WAITING trial has none yet)
 NEIGHBOUR_OF_ATTR = "neighbour_of"  # user attr of a queued neighbour: the number of the repeat it replaces
 STOP_REASON = "repeat"
+MAX_GRID = 100_000  # values of an int or stepped float dimension beyond which it is not moved
 
 
 class Repeat(Exception):
@@ -69,6 +71,8 @@ def _grid(dim: Dimension) -> tuple[list, bool] | None:
         return None
     step = dim.step or 1
     n = int(round((dim.high - dim.low) / step)) + 1
+    if n > MAX_GRID:  # as good as continuous: repeats are as rare
+        return None
     if dim.type == "int":
         return [int(dim.low) + i * int(step) for i in range(n)], True
     decimals = max(0, -math.floor(math.log10(step))) + 6  # low + i*step without float noise
