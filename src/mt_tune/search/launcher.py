@@ -265,7 +265,7 @@ def _summary(study_name: str, url: str, children: list[tuple[Slot, subprocess.Po
              interrupted: bool, log: Callable[[str], None], wall_s: float) -> dict[str, Any]:
     import optuna
 
-    from mt_tune.search.repeats import STOP_REASON as REPEAT
+    from mt_tune.search.repeats import is_repeat
     from mt_tune.search.storage import open_storage
 
     study = optuna.load_study(study_name=study_name, storage=open_storage(url, create_schema=False))
@@ -273,7 +273,7 @@ def _summary(study_name: str, url: str, children: list[tuple[Slot, subprocess.Po
     repeats = 0
     for t in study.get_trials(deepcopy=False):
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
-        repeats += t.user_attrs.get("stop_reason") == REPEAT
+        repeats += is_repeat(t)
     close_storages()
     per_process = [
         {"device": slot.label, "exit": child.returncode, "trials_run": summaries.get(slot.label, {}).get("trials_run")}

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from mt_tune.search.space import Dimension
 
@@ -40,6 +40,11 @@ MAX_GRID = 100_000  # values of an int or stepped float dimension beyond which i
 
 class Repeat(Exception):
     """A trial that repeats an earlier one ends untrained; its nearest untried neighbour is queued."""
+
+
+def is_repeat(trial: FrozenTrial) -> bool:
+    """A trial ended untrained as a repeat (FAIL): not a trial of the budget, nor a failure."""
+    return trial.user_attrs.get("stop_reason") == STOP_REASON
 
 
 def params_key(params: dict) -> tuple:
@@ -115,8 +120,8 @@ def nearest_untried(space: list[Dimension], params: dict, taken: Callable[[dict]
     heap, seen = [(0.0, tie(), start)], {start}
     while heap and len(seen) <= limit:
         cost, _, positions = heapq.heappop(heap)
-        if positions != start and not taken(config(positions)):
-            return config(positions)
+        if positions != start and not taken(candidate := config(positions)):
+            return candidate
         for d, (_, values, ordered, _) in enumerate(movable):
             if ordered:
                 moves = [(positions[d] + s, 1 / (len(values) - 1)) for s in (-1, 1)]
@@ -132,14 +137,13 @@ def nearest_untried(space: list[Dimension], params: dict, taken: Callable[[dict]
 
 
 def queue_neighbour(trial: optuna.Trial, space: list[Dimension], params: dict,
-                    taken: Callable[[dict], bool], user_attrs: dict | None = None) -> dict | None:
+                    taken: Callable[[dict], bool]) -> dict | None:
     """Queue the nearest untried neighbour of `params` as the study's next trial and mark `trial`
     as a repeat; the neighbour's params, or None (nothing queued, the trial unmarked)."""
     neighbour = nearest_untried(space, params, taken, seed=trial.number)
     if neighbour is None:
         return None
-    attrs = {QUEUED_ATTR: neighbour, NEIGHBOUR_OF_ATTR: trial.number, **(user_attrs or {})}
-    trial.study.enqueue_trial(neighbour, user_attrs=attrs)
+    trial.study.enqueue_trial(neighbour, user_attrs={QUEUED_ATTR: neighbour, NEIGHBOUR_OF_ATTR: trial.number})
     trial.set_user_attr("stop_reason", STOP_REASON)
     trial.set_user_attr("queued", neighbour)
     return neighbour

@@ -26,7 +26,7 @@ from mt_tune.errors import UserError
 from mt_tune.search.notes import write_study_note, write_trial_note
 from mt_tune.search.objective import Objective, error_line
 from mt_tune.search.pruners import build_pruner
-from mt_tune.search.repeats import STOP_REASON as REPEAT, Repeat
+from mt_tune.search.repeats import Repeat, is_repeat
 from mt_tune.search.samplers import STREAM_ENV, build_sampler
 from mt_tune.search.spec import spec_from_study
 from mt_tune.search.resilience import heartbeat_settings, recover_orphaned_trials
@@ -60,8 +60,8 @@ def sampler_stream(seed_exact: bool = False) -> str | None:
 def counts_toward_budget(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     return [t for t in trials if t.state in COUNTED
-            and not (t.state == TrialState.FAIL and (t.number in retried
-                                                     or t.user_attrs.get("stop_reason") in ("over_budget", REPEAT)))]
+            and not (t.state == TrialState.FAIL and (t.number in retried or is_repeat(t)
+                                                     or t.user_attrs.get("stop_reason") == "over_budget"))]
 
 
 def requeue_on_interrupt(objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
@@ -169,7 +169,7 @@ def run_worker(study_name: str, storage_url: str | None = None, n_trials: int | 
     repeats = 0
     for t in study.get_trials(deepcopy=False, states=tuple(TrialState[s] for s in states)):
         states[t.state.name] += 1
-        repeats += t.user_attrs.get("stop_reason") == REPEAT
+        repeats += is_repeat(t)
     best = _best(study)
     summary = {"study": study_name, "storage": mask_url(url), "trials_run": ran, "states": states,
                "repeats": repeats, "best_trial": best.number if best else None,
