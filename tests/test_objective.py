@@ -67,6 +67,25 @@ def test_the_patience_grows_with_the_run():
     assert stop_at(0.2, 100 - 60) == 40 + 10  # improved until 40: stale 10 >= ceil(0.2 * 50)
 
 
+def test_the_default_stops_an_early_overfit_at_once_and_spares_a_late_plateau():
+    """The spec's defaults (patience 1, fraction 0.2): early in a run the first evaluation
+    without a new best of either loss or metric stops it; 20 evaluations in, 3 stale ones do not."""
+    s = build_spec({k: v for k, v in SPEC.items() if k != "stopping"}, check_files=False).stopping
+    assert (s.patience, s.patience_fraction, s.divergence_on) == (1, 0.2, "both")
+
+    def rule():
+        return DivergenceStop(s.patience, s.min_delta, s.divergence_on, s.patience_fraction)
+
+    early = rule()
+    assert [early.update(loss, bleu) for loss, bleu in [(5.0, 1.0), (4.0, 2.0), (4.5, 2.0)]] == [False, False, True]
+    kept = rule()
+    assert not kept.update(5.0, 1.0) and not kept.update(5.5, 1.5)  # the metric alone improving keeps it
+    late = rule()
+    assert not any(late.update(10.0 - n, None) for n in range(20))
+    assert not any(late.update(20.0, None) for _ in range(3))  # ceil(0.2 * 23) = 5 > 3
+    assert any(late.update(20.0, None) for _ in range(3))
+
+
 def test_a_spec_refuses_a_patience_fraction_outside_0_1():
     from mt_tune.errors import ConfigError
     from mt_tune.search.spec import build_spec

@@ -93,7 +93,8 @@ class PrunerSpec:
 
 @dataclass
 class StoppingSpec:
-    patience: int = opt(3, "evaluations without improvement before a trial stops as diverged")
+    patience: int = opt(1, "evaluations without improvement before a trial stops as diverged, early in "
+                           "the run (patience_fraction takes over later)")
     patience_fraction: float = opt(0.2, "the patience grows with the run: at least this fraction of the "
                                         "evaluations so far (0: a fixed patience)")
     min_delta: float = opt(0.0, "an improvement must exceed this (loss in nats, BLEU/chrF in points)")
