@@ -74,7 +74,7 @@ def test_the_default_stops_an_early_overfit_at_once_and_spares_a_late_plateau():
     assert (s.patience, s.patience_fraction, s.divergence_on) == (1, 0.2, "both")
 
     def rule():
-        return DivergenceStop(s.patience, s.min_delta, s.divergence_on, s.patience_fraction)
+        return DivergenceStop.from_spec(s)
 
     early = rule()
     assert [early.update(loss, bleu) for loss, bleu in [(5.0, 1.0), (4.0, 2.0), (4.5, 2.0)]] == [False, False, True]

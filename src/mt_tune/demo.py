@@ -166,8 +166,7 @@ class OverfitStop:
     primed with the evaluations the continued checkpoint already had."""
 
     def __init__(self, spec: StudySpec, history: list):
-        s = spec.stopping
-        self.stop = DivergenceStop(s.patience, s.min_delta, s.divergence_on, s.patience_fraction)
+        self.stop = DivergenceStop.from_spec(spec.stopping)
         for r in history:
             self.stop.update(r.val_loss, r.bleu)
 

@@ -36,7 +36,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from mt_tune.config import METRICS, RunConfig, format_scale, to_dict
 from mt_tune.errors import ConfigError, UserError
 from mt_tune.search.repeats import end_if_repeat
-from mt_tune.search.spec import StudySpec
+from mt_tune.search.spec import StoppingSpec, StudySpec
 from mt_tune.device import amp_name, free_device_memory, pick_amp_dtype, resolve_device
 from mt_tune.train import EvalResult, NaNLossError, OutOfMemoryError, StopTraining, Trainer
 
@@ -94,6 +94,11 @@ class DivergenceStop:
         self.stale = 0 if improved else self.stale + 1
         return self.on != "none" and self.stale >= self.current_patience
 
+    @classmethod
+    def from_spec(cls, s: StoppingSpec) -> DivergenceStop:
+        """The stop a spec's `stopping:` section describes (a trial's, and the demo's final run's)."""
+        return cls(s.patience, s.min_delta, s.divergence_on, s.patience_fraction)
+
     @property
     def current_patience(self) -> int:
         return max(self.patience, math.ceil(self.patience_fraction * self.evaluations - 1e-9))
@@ -109,8 +114,7 @@ class TrialHook:
 
     def __init__(self, trial: optuna.Trial, spec: StudySpec):
         self.trial, self.spec = trial, spec
-        s = spec.stopping
-        self.stop = DivergenceStop(s.patience, s.min_delta, s.divergence_on, s.patience_fraction)
+        self.stop = DivergenceStop.from_spec(spec.stopping)
         self.history: list[list] = []  # [step, val_loss, val_loss_per_char, bleu, chrf] per evaluation
 
     def replay(self, history: list[EvalResult]) -> None:
