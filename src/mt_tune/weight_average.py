@@ -24,7 +24,8 @@ class WeightAverage:
         """Move the average towards the current weights, after update number steps_done + 1."""
         # a short average early on, when the first weights are far from the later ones
         decay = min(self.decay, (1 + steps_done) / (10 + steps_done))
-        torch._foreach_lerp_(list(self.params.values()), [p.detach() for p in self.model.parameters()], 1 - decay)
+        for name, param in self.model.named_parameters():
+            self.params[name].lerp_(param.detach(), 1 - decay)
 
     @contextmanager
     def swapped_in(self):
