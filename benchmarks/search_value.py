@@ -1,13 +1,15 @@
 """Does the search beat the baseline at the same final budget?
 
     python benchmarks/search_value.py [--seeds 1 2] [--minutes 10] [--threads 2] [--trials 4]
-                                      [--spec studies/demo.yaml] [--test-size 300] [--beam 4]
+                                      [--spec studies/demo.yaml] [--metric bleu] [--test-size 300] [--beam 4]
                                       [--workdir /tmp/mt-tune-search-value] [--json]
 
 For each seed, as a user would run it, through the `mt-tune` command line:
   1. search: the spec (the demo's: warm-started from the baseline) as a study in its own SQLite
      file, run by 2 single-thread worker processes; its compute is at most one final run:
-     trials x trial minutes x 1 thread = --minutes x --threads CPU-minutes.
+     trials x trial minutes x 1 thread = --minutes x --threads CPU-minutes. `--metric bleu` ranks
+     the trials by greedy BLEU on 200 dev sentences, as the final runs keep their best
+     checkpoint, instead of the spec's metric (the demo's: validation loss, for trials of seconds).
   2. pick: studies/baseline.yaml with the best trial's searched values, trained for --minutes
      with --threads threads (`mt-tune train ... train.max_minutes=M train.threads=T`);
      every setting the search did not sample is the baseline's.
@@ -104,6 +106,11 @@ def paired_bootstrap(baseline: Path, pick: Path, ref: Path, resamples: int = 100
     return results["BLEU"][1].p_value
 
 
+# What ranks the trials (--metric): the spec's own metric, or greedy BLEU on 200 dev sentences
+# (a trial's value its best, as the final runs keep their best checkpoint by it).
+METRIC_OVERRIDES = {"spec": [], "bleu": ["metric=bleu", "train.bleu_sentences=200", "train.keep_best_by=bleu"]}
+
+
 def run_seed(seed: int, args: argparse.Namespace, data: list[str], test: tuple[Path, Path]) -> dict:
     work = args.workdir / f"seed-{seed}"
     work.mkdir(parents=True, exist_ok=True)
@@ -111,6 +118,7 @@ def run_seed(seed: int, args: argparse.Namespace, data: list[str], test: tuple[P
     trial_minutes = args.trial_minutes or args.minutes * args.threads / args.trials
     name = f"search-value-{seed}"
     search_cpu = mt_tune("study", "create", str(args.spec), "--storage", url, "--name", name, *data,
+                         *METRIC_OVERRIDES[args.metric],
                          f"sampler.seed={seed}", f"budget.trials={args.trials}", f"budget.max_minutes={trial_minutes}",
                          "train.threads=1", log=work / "create.log")
     search_cpu += mt_tune("worker", name, "--storage", url, "--devices", "cpu", "--processes", "2",
@@ -167,6 +175,8 @@ def main() -> int:
     ap.add_argument("--trial-minutes", type=float, default=None,
                     help="per trial [default: minutes x threads / trials: the search costs one final run]")
     ap.add_argument("--spec", type=Path, default=REPO / "studies" / "demo.yaml")
+    ap.add_argument("--metric", choices=sorted(METRIC_OVERRIDES), default="spec",
+                    help="what ranks the trials: the spec's metric, or greedy BLEU on 200 dev sentences")
     ap.add_argument("--test-size", type=int, default=300)
     ap.add_argument("--beam", type=int, default=4)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/mt-tune-search-value"))
@@ -189,8 +199,9 @@ def main() -> int:
     if args.json:
         print(json.dumps(summary))
         return 0
-    print(f"search ({args.trials} trials, spec {args.spec.name}) vs {summary['baseline_config']}, each final run "
-          f"{args.minutes:g} min x {args.threads} threads, beam {args.beam} on {summary['test_pairs']} held-out pairs")
+    print(f"search ({args.trials} trials, spec {args.spec.name}, metric {args.metric}) vs "
+          f"{summary['baseline_config']}, each final run {args.minutes:g} min x {args.threads} threads, "
+          f"beam {args.beam} on {summary['test_pairs']} held-out pairs")
     for r in results:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["pick_params"].items())
         print(f"seed {r['seed']}: pick trial {r['pick_trial']} of {r['search_trials']} ({params}"
