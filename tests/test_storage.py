@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -188,3 +189,37 @@ def test_finding_a_studys_storage_skips_storages_that_are_gone(tmp_path):
     optuna.create_study(study_name="here", storage=here)
     old.write_bytes(b"not a database " * (old.stat().st_size // 15 + 1))
     assert opened_storage_holding("here") is here
+
+
+POP_QUEUED = """
+import json, sys
+import optuna
+from mt_tune.search.storage import open_storage
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+study = optuna.load_study(study_name="queue", storage=open_storage(sys.argv[1], create_schema=False))
+taken = []
+for _ in range(int(sys.argv[2])):
+    trial = study.ask()  # takes a queued trial while there is one
+    taken.append(trial.suggest_int("x", 0, 99))  # the queued value
+    study.tell(trial, 0.0)
+print(json.dumps(taken))
+"""
+
+
+def test_two_processes_never_take_the_same_queued_trial_from_sqlite(tmp_path):
+    """SQLite ignores SELECT ... FOR UPDATE: without a transaction begun before Optuna reads
+    that a queued trial is WAITING, two workers could both take it (it happened in 4 of 6 runs
+    of this test before; see storage.serialise_sqlite_transactions)."""
+    url = f"sqlite:///{tmp_path}/queue.db"
+    study = optuna.create_study(study_name="queue", storage=st.open_storage(url))
+    for x in range(100):
+        study.enqueue_trial({"x": x})
+    st.close_storages()
+    script = tmp_path / "pop.py"
+    script.write_text(POP_QUEUED)
+    workers = [subprocess.Popen([sys.executable, str(script), url, "50"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [w.communicate(timeout=120) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [err for _, err in results]
+    taken = [x for out, _ in results for x in json.loads(out)]
+    assert sorted(taken) == list(range(100))  # each queued trial taken once, by one of them

@@ -37,7 +37,8 @@ from pathlib import Path
 import optuna
 from optuna.storages import RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
-from sqlalchemy.engine import make_url
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
 
 from mt_tune.errors import UserError
 from mt_tune.search.resilience import ResilientStorage, heartbeat_settings, is_transient, root_cause_line
@@ -61,8 +62,10 @@ POSTGRES_ENGINE_KWARGS = {
     "pool_recycle": 1800,
 }
 # SQLite serialises writers with a file lock; a writer waits this long for it instead of
-# failing at once with "database is locked".
-SQLITE_ENGINE_KWARGS = {"connect_args": {"timeout": 60}}
+# failing at once with "database is locked". isolation_level None: Python's sqlite3 module
+# emits no BEGIN of its own (it would only before a write, after the reads of the same
+# transaction had run outside it); serialise_sqlite_transactions begins every transaction.
+SQLITE_ENGINE_KWARGS = {"connect_args": {"timeout": 60, "isolation_level": None}}
 
 
 class StorageUnavailable(RuntimeError):
@@ -108,6 +111,8 @@ def _open(url: str, create_schema: bool) -> optuna.storages.BaseStorage:
                 engine_kwargs={k: (dict(v) if isinstance(v, dict) else v) for k, v in engine_kwargs.items()},
                 skip_table_creation=not create_schema,
             )
+            if parsed.drivername == "sqlite":
+                serialise_sqlite_transactions(rdb.engine)
             return ResilientStorage(rdb, interval, grace, max_retry)
         except Exception as e:
             if _is_missing_schema_anywhere(e):
@@ -123,6 +128,22 @@ def _open(url: str, create_schema: bool) -> optuna.storages.BaseStorage:
             time.sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")
+
+
+def serialise_sqlite_transactions(engine: Engine) -> None:
+    """Begin every transaction on `engine` with BEGIN IMMEDIATE: it takes SQLite's write lock
+    at once, so a read and the write that depends on it are one atomic step.
+
+    Optuna takes a queued trial by reading that it is WAITING and then writing RUNNING, with
+    SELECT ... FOR UPDATE, which SQLite ignores. Left to Python's sqlite3 module, the read ran
+    before the transaction began, and two workers could both read WAITING and both run the
+    trial (a start configuration trained twice, one trial fewer in the budget). With the lock
+    taken first, the second worker waits (up to the connection's timeout), then reads RUNNING
+    and samples a trial of its own. Reads wait behind writes too: each holds the lock for
+    milliseconds, once or twice per evaluation of a trial (the SQLAlchemy documentation's
+    recipe for pysqlite transactions, with IMMEDIATE)."""
+    event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
+    engine.dispose()  # connections opened before the listener get none of it: start afresh
 
 
 def _is_missing_schema(error: BaseException) -> bool:
