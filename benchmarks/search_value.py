@@ -1,8 +1,8 @@
 """Does the search beat the baseline at the same final budget?
 
     python benchmarks/search_value.py [--seeds 1 2] [--minutes 10] [--threads 2] [--trials 4]
-                                      [--spec studies/demo.yaml] [--metric bleu] [--test-size 300] [--beam 4]
-                                      [--workdir /tmp/mt-tune-search-value] [--json]
+                                      [--spec studies/demo.yaml] [--metric bleu] [--test-size 300]
+                                      [--beam 4] [--workdir /tmp/mt-tune-search-value] [--json]
 
 For each seed, as a user would run it, through the `mt-tune` command line:
   1. search: the spec (the demo's: warm-started from the baseline) as a study in its own SQLite
@@ -106,9 +106,15 @@ def paired_bootstrap(baseline: Path, pick: Path, ref: Path, resamples: int = 100
     return results["BLEU"][1].p_value
 
 
-# What ranks the trials (--metric): the spec's own metric, or greedy BLEU on 200 dev sentences
-# (a trial's value its best, as the final runs keep their best checkpoint by it).
-METRIC_OVERRIDES = {"spec": [], "bleu": ["metric=bleu", "train.bleu_sentences=200", "train.keep_best_by=bleu"]}
+def _final_runs_bleu() -> list[str]:
+    """Trials scored as the final runs (studies/baseline.yaml) score their checkpoints: greedy BLEU
+    on the same number of dev sentences, a trial's value its best."""
+    train = load_run_config(BASELINE).train
+    return ["metric=bleu", f"train.bleu_sentences={train.bleu_sentences}", f"train.keep_best_by={train.keep_best_by}"]
+
+
+# What ranks the trials (--metric): the spec's own metric, or the final runs' BLEU.
+METRIC_OVERRIDES = {"spec": [], "bleu": _final_runs_bleu()}
 
 
 def run_seed(seed: int, args: argparse.Namespace, data: list[str], test: tuple[Path, Path]) -> dict:
